@@ -1,0 +1,198 @@
+"""The training loop: train_one_epoch, evaluate_model, train_model. Plain PyTorch, nothing else."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainlib.device import resolve_device, synchronize
+from trainlib.errors import check_positive, check_positive_int
+from trainlib.optim import build_optimizer
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What one epoch produced; handed to every callback."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    epoch_seconds: float
+    samples_per_second: float
+
+    def metrics(self) -> dict[str, float]:
+        """The per-epoch metrics by name (everything but the epoch number)."""
+        return {
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "val_accuracy": self.val_accuracy,
+            "epoch_seconds": self.epoch_seconds,
+            "samples_per_second": self.samples_per_second,
+        }
+
+
+HISTORY_KEYS = ("train_loss", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second")
+
+
+@dataclass
+class History:
+    """Per-epoch metrics; reads like the seed's dict: history['val_accuracy'][-1]."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    samples_per_second: list[float] = field(default_factory=list)
+    stopped_early: bool = False
+
+    def __getitem__(self, key: str) -> list[float]:
+        if key not in HISTORY_KEYS:
+            raise KeyError(f"{key!r}; History has {', '.join(HISTORY_KEYS)}")
+        return getattr(self, key)
+
+    def keys(self) -> tuple[str, ...]:
+        return HISTORY_KEYS
+
+    def __len__(self) -> int:
+        return len(self.train_loss)
+
+    def append(self, result: EpochResult) -> None:
+        for key, value in result.metrics().items():
+            getattr(self, key).append(value)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {key: list(getattr(self, key)) for key in HISTORY_KEYS}
+
+    @property
+    def best_val_accuracy(self) -> float:
+        return max(self.val_accuracy, default=float("nan"))
+
+
+# A callback sees each epoch's result; returning True stops training after that epoch.
+# Exceptions it raises (for example optuna.TrialPruned) propagate to the caller.
+Callback = Callable[[EpochResult], "bool | None"]
+
+
+class TrainingDiverged(ArithmeticError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, loss: float) -> None:
+        super().__init__(f"training diverged at epoch {epoch}: train_loss={loss}")
+        self.epoch = epoch
+        self.loss = loss
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[Any],
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: str | torch.device,
+) -> float:
+    """Train ``model`` for one pass over ``loader``; return the mean loss per sample."""
+    mean_loss, _ = _train_epoch(model, loader, criterion, optimizer, resolve_device(device))
+    return mean_loss
+
+
+def _train_epoch(
+    model: nn.Module,
+    loader: Iterable[Any],
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+) -> tuple[float, int]:
+    model.train()
+    total_loss = torch.zeros((), device=device)  # summed on the device: no host sync per step
+    samples = 0
+    for inputs, targets in loader:
+        inputs = inputs.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(inputs), targets)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach() * targets.shape[0]
+        samples += targets.shape[0]
+    return total_loss.item() / max(samples, 1), samples
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model: nn.Module, loader: Iterable[Any], criterion: nn.Module, device: str | torch.device
+) -> tuple[float, float]:
+    """Return (mean loss per sample, accuracy) of ``model`` on ``loader``, in eval mode, without autograd."""
+    device = resolve_device(device)
+    model.eval()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    samples = 0
+    for inputs, targets in loader:
+        inputs = inputs.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        outputs = model(inputs)
+        total_loss += criterion(outputs, targets) * targets.shape[0]
+        correct += (outputs.argmax(dim=1) == targets).sum()
+        samples += targets.shape[0]
+    if samples == 0:
+        return float("nan"), float("nan")
+    return total_loss.item() / samples, correct.item() / samples
+
+
+def train_model(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any],
+    num_epochs: int,
+    lr: float,
+    device: str | torch.device,
+    optimizer: str | torch.optim.Optimizer = "adam",
+    callbacks: Sequence[Callback] = (),
+    *,
+    criterion: nn.Module | None = None,
+    optimizer_options: dict[str, Any] | None = None,
+) -> History:
+    """Train for up to ``num_epochs``, evaluating after each; return the History.
+
+    ``optimizer`` is a name for build_optimizer (with ``optimizer_options``) or a ready optimizer.
+    Each callback receives the EpochResult; one returning True stops training after that epoch.
+    Raises TrainingDiverged as soon as an epoch's training loss is NaN or infinite.
+    """
+    check_positive_int("num_epochs", num_epochs)
+    check_positive("lr", lr)
+    device = resolve_device(device)
+    model.to(device)
+    criterion = criterion or nn.CrossEntropyLoss()
+    if isinstance(optimizer, str):
+        optimizer = build_optimizer(optimizer, model.parameters(), lr, **(optimizer_options or {}))
+    history = History()
+    for epoch in range(1, num_epochs + 1):
+        synchronize(device)
+        started = time.perf_counter()
+        train_loss, samples = _train_epoch(model, train_loader, criterion, optimizer, device)
+        synchronize(device)
+        epoch_seconds = time.perf_counter() - started
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(epoch, train_loss)
+        val_loss, val_accuracy = evaluate_model(model, val_loader, criterion, device)
+        result = EpochResult(
+            epoch=epoch,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            epoch_seconds=epoch_seconds,
+            samples_per_second=samples / epoch_seconds,
+        )
+        history.append(result)
+        stop_requests = [bool(callback(result)) for callback in callbacks]
+        if any(stop_requests):
+            history.stopped_early = True
+            break
+    return history
+

@@ -1,0 +1,41 @@
+"""Optimizer factory: the one home of the optimizer vocabulary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from trainlib.errors import InvalidArgument, check_choice, check_positive
+
+# name -> (optimizer class, keyword arguments it accepts beyond lr)
+OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], tuple[str, ...]]] = {
+    "sgd": (torch.optim.SGD, ("momentum", "nesterov", "weight_decay")),
+    "adam": (torch.optim.Adam, ("weight_decay", "betas", "eps")),
+    "adamw": (torch.optim.AdamW, ("weight_decay", "betas", "eps")),
+    "rmsprop": (torch.optim.RMSprop, ("momentum", "weight_decay", "alpha", "eps")),
+}
+OPTIMIZER_NAMES: tuple[str, ...] = tuple(OPTIMIZERS)
+
+
+def optimizer_options(name: str) -> tuple[str, ...]:
+    """The keyword arguments (besides lr) that optimizer ``name`` accepts."""
+    check_choice("optimizer", name, OPTIMIZER_NAMES)
+    return OPTIMIZERS[name][1]
+
+
+def build_optimizer(name: str, params: Iterable[Any], lr: float, **options: Any) -> torch.optim.Optimizer:
+    """Build optimizer ``name`` (sgd, adam, adamw, rmsprop) over ``params`` with learning rate ``lr``."""
+    check_choice("optimizer", name, OPTIMIZER_NAMES)
+    check_positive("lr", lr)
+    optimizer_class, accepted = OPTIMIZERS[name]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InvalidArgument(f"optimizer {name!r} does not take {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
+    for key in ("momentum", "weight_decay"):
+        if key in options and (not isinstance(options[key], (int, float)) or options[key] < 0):
+            raise InvalidArgument(f"{key} must be a non-negative number, got {options[key]!r}")
+    if options.get("nesterov") and not options.get("momentum"):
+        raise InvalidArgument("nesterov=True needs momentum > 0 for sgd")
+    return optimizer_class(params, lr=lr, **options)
