@@ -81,14 +81,18 @@ def _stratified_split(
     return train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
 
 
-def load_dataset(name: str, *, seed: int = 0, val_fraction: float = 0.2, num_samples: int | None = None) -> DatasetSplits:
+def load_dataset(
+    name: str, *, seed: int = 0, val_fraction: float = 0.2, num_samples: int | None = None
+) -> DatasetSplits:
     """Load ``name`` ('digits' or 'mnist1d') as a seeded, stratified train/val split plus a held-out test part."""
     check_choice("dataset", name, DATASET_NAMES)
     if not 0 < val_fraction < 1:
         raise InvalidArgument(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     if name == "digits":
         if num_samples is not None:
-            raise InvalidArgument("dataset 'digits' has a fixed size (1,797 samples); num_samples applies to mnist1d only")
+            raise InvalidArgument(
+                "dataset 'digits' has a fixed size (1,797 samples); num_samples applies to mnist1d only"
+            )
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
@@ -243,7 +247,9 @@ def make_loader(
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     in_memory = isinstance(dataset, TensorDataset)
     if resident and (not in_memory or loader == "torch" or num_workers > 0):
-        raise InvalidArgument("resident=True needs an in-memory TensorDataset, loader 'auto' or 'batched' and num_workers=0")
+        raise InvalidArgument(
+            "resident=True needs an in-memory TensorDataset, loader 'auto' or 'batched' and num_workers=0"
+        )
     if loader == "batched" and (not in_memory or num_workers > 0):
         raise InvalidArgument("loader 'batched' needs an in-memory TensorDataset and num_workers=0")
     if in_memory and loader != "torch" and num_workers == 0:

@@ -195,4 +195,3 @@ def train_model(
             history.stopped_early = True
             break
     return history
-

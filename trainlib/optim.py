@@ -32,7 +32,9 @@ def build_optimizer(name: str, params: Iterable[Any], lr: float, **options: Any)
     optimizer_class, accepted = OPTIMIZERS[name]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise InvalidArgument(f"optimizer {name!r} does not take {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
+        raise InvalidArgument(
+            f"optimizer {name!r} does not take {', '.join(unknown)}; it accepts: {', '.join(accepted)}"
+        )
     for key in ("momentum", "weight_decay"):
         if key in options and (not isinstance(options[key], (int, float)) or options[key] < 0):
             raise InvalidArgument(f"{key} must be a non-negative number, got {options[key]!r}")

@@ -1,0 +1,185 @@
+"""Experiment configs: a TOML file becomes a validated SweepConfig, once, at the edge."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainlib.data import DATASET_NAMES
+from trainlib.device import resolve_device
+from trainlib.errors import InvalidArgument
+from trainlib.models import MODEL_NAMES, build_model
+from trainlib.optim import OPTIMIZER_NAMES
+from trainlib.search import PRUNER_NAMES, SAMPLER_NAMES
+
+METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatRange(_Strict):
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+    log: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class UnitRange(_Strict):
+    low: float = Field(ge=0, lt=1)
+    high: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UnitRange:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class SearchSpace(_Strict):
+    lr: FloatRange
+    batch_size: list[int] = Field(min_length=1)
+    optimizer: list[Literal[OPTIMIZER_NAMES]] = Field(min_length=1)  # type: ignore[valid-type]
+    momentum: UnitRange | None = None
+    nesterov: bool = False
+    weight_decay: FloatRange | None = None
+
+    @field_validator("batch_size")
+    @classmethod
+    def _powers_of_two(cls, sizes: list[int]) -> list[int]:
+        for size in sizes:
+            if size <= 0 or size & (size - 1):
+                raise ValueError(f"batch sizes must be positive powers of two, got {size}")
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"batch sizes must not repeat, got {sizes}")
+        return sizes
+
+    @field_validator("optimizer")
+    @classmethod
+    def _unique(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError(f"optimizers must not repeat, got {names}")
+        return names
+
+
+class StudySettings(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    direction: Literal["maximize", "minimize"] = "maximize"
+    metric: Literal[tuple(METRICS)] = "val_accuracy"  # type: ignore[valid-type]
+    n_trials: int = Field(gt=0)
+    sampler: Literal[SAMPLER_NAMES] = "tpe"  # type: ignore[valid-type]
+    pruner: Literal[PRUNER_NAMES] = "median"  # type: ignore[valid-type]
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _direction_matches_metric(self) -> StudySettings:
+        if METRICS[self.metric] != self.direction:
+            raise ValueError(f"metric {self.metric!r} is optimised with direction {METRICS[self.metric]!r}")
+        return self
+
+
+class DataSettings(_Strict):
+    dataset: Literal[DATASET_NAMES]  # type: ignore[valid-type]
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    num_samples: int | None = Field(None, gt=0)
+    num_workers: int = Field(0, ge=0)
+    eval_batch_size: int = Field(1000, gt=0)
+
+
+class ModelSettings(_Strict):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: Literal[MODEL_NAMES]  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _known_options(self) -> ModelSettings:
+        try:  # building a throwaway copy checks every option with the factory's own rules
+            build_model(self.name, 64, 10, **self.options())
+        except InvalidArgument as error:
+            raise ValueError(str(error)) from None
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"invalid options for model {self.name!r}: {error}") from None
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """The model's own settings (hidden sizes, channels, dropout, ...)."""
+        return dict(self.model_extra or {})
+
+
+class TrainingSettings(_Strict):
+    epochs: int = Field(gt=0)
+    device: str = "auto"
+    seed: int = 0
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, device: str) -> str:
+        try:
+            resolve_device(device)
+        except InvalidArgument as error:
+            raise ValueError(str(error)) from None
+        return device
+
+
+class SweepConfig(_Strict):
+    study: StudySettings
+    data: DataSettings
+    model: ModelSettings
+    training: TrainingSettings
+    search: SearchSpace
+
+    def with_overrides(self, source: str = "<command line>", **overrides: Any) -> SweepConfig:
+        """A copy with dotted overrides (e.g. 'training.epochs': 3) applied and validated; None means keep."""
+        sections = self.model_dump()
+        for dotted, value in overrides.items():
+            if value is not None:
+                section, key = dotted.split(".")
+                sections[section][key] = value
+        return validate_config(sections, source)
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Read and validate an experiment TOML file; every mistake is an InvalidArgument naming file and key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidArgument(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidArgument(f"{path}: cannot read config file ({error})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise InvalidArgument(f"{path}: not valid TOML: {error}") from None
+    return validate_config(raw, source=str(path))
+
+
+def validate_config(raw: dict[str, Any], source: str = "<config>") -> SweepConfig:
+    """Validate a config mapping; raise InvalidArgument with the first problem as one line."""
+    try:
+        return SweepConfig.model_validate(raw)
+    except ValidationError as error:
+        raise InvalidArgument(describe_validation_error(error, source)) from None
+
+
+def describe_validation_error(error: ValidationError, source: str) -> str:
+    """One line: source, dotted key, the message and the bad value (plus how many more problems there are)."""
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    value = "" if first["type"] == "missing" else f" (got {first['input']!r})"
+    if isinstance(first.get("input"), dict):
+        value = ""
+    more = len(error.errors()) - 1
+    suffix = f"; and {more} more problem{'s' if more > 1 else ''}" if more else ""
+    return f"{source}: {key}: {message}{value}{suffix}"
