@@ -78,6 +78,8 @@ class StudySettings(_Strict):
     n_trials: int = Field(gt=0)
     sampler: Literal[SAMPLER_NAMES] = "tpe"  # type: ignore[valid-type]
     pruner: Literal[PRUNER_NAMES] = "median"  # type: ignore[valid-type]
+    pruner_startup_trials: int = Field(5, ge=0)
+    pruner_warmup_epochs: int = Field(3, ge=0)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -116,6 +118,8 @@ class ModelSettings(_Strict):
 
 class TrainingSettings(_Strict):
     epochs: int = Field(gt=0)
+    # A trial whose training loss exceeds this (or is NaN/inf) fails at once; ln(10) ~ 2.3 is chance level.
+    divergence_threshold: float = Field(100.0, gt=0)
     device: str = "auto"
     seed: int = 0
 
@@ -136,14 +140,27 @@ class SweepConfig(_Strict):
     training: TrainingSettings
     search: SearchSpace
 
-    def with_overrides(self, source: str = "<command line>", **overrides: Any) -> SweepConfig:
-        """A copy with dotted overrides (e.g. 'training.epochs': 3) applied and validated; None means keep."""
+    def with_overrides(self, overrides: dict[str, tuple[str, Any]]) -> SweepConfig:
+        """A copy with command-line overrides applied, e.g. {'training.epochs': ('--epochs', 3)}; None keeps.
+
+        A bad override is reported under its flag's name, not the config file's key.
+        """
         sections = self.model_dump()
-        for dotted, value in overrides.items():
+        flags = {}
+        for dotted, (flag, value) in overrides.items():
             if value is not None:
                 section, key = dotted.split(".")
                 sections[section][key] = value
-        return validate_config(sections, source)
+                flags[(section, key)] = flag
+        try:
+            return SweepConfig.model_validate(sections)
+        except ValidationError as error:
+            first_location = tuple(str(part) for part in error.errors()[0]["loc"][:2])
+            if first_location in flags:
+                value = sections[first_location[0]][first_location[1]]
+                message = error.errors()[0]["msg"].removeprefix("Value error, ")
+                raise InvalidArgument(f"{flags[first_location]} {value}: {message}") from None
+            raise InvalidArgument(describe_validation_error(error, "<command line>")) from None
 
 
 def load_config(path: str | Path) -> SweepConfig:

@@ -99,7 +99,7 @@ def load_dataset(
         features = (bunch.data / 16.0).astype(np.float32)  # pixel intensities 0..16 -> 0..1
         x_rest, x_test, y_rest, y_test = _stratified_split(features, bunch.target, 0.2, seed)
     else:
-        arrays = mnist1d_arrays(num_samples or 5000)
+        arrays = mnist1d_arrays(5000 if num_samples is None else num_samples)
         x_rest, y_rest, x_test, y_test = arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"]
     x_train, x_val, y_train, y_val = _stratified_split(x_rest, y_rest, val_fraction, seed)
     return DatasetSplits(
@@ -246,9 +246,9 @@ def make_loader(
     pin = on_cuda if pin_memory is None else bool(pin_memory and torch.cuda.is_available())
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     in_memory = isinstance(dataset, TensorDataset)
-    if resident and (not in_memory or loader == "torch" or num_workers > 0):
+    if resident and (target is None or not in_memory or loader == "torch" or num_workers > 0):
         raise InvalidArgument(
-            "resident=True needs an in-memory TensorDataset, loader 'auto' or 'batched' and num_workers=0"
+            "resident=True needs a device, an in-memory TensorDataset, loader 'auto' or 'batched' and num_workers=0"
         )
     if loader == "batched" and (not in_memory or num_workers > 0):
         raise InvalidArgument("loader 'batched' needs an in-memory TensorDataset and num_workers=0")

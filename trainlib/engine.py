@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +60,11 @@ class History:
     def keys(self) -> tuple[str, ...]:
         return HISTORY_KEYS
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(HISTORY_KEYS)
+
     def __len__(self) -> int:
+        """The number of epochs trained."""
         return len(self.train_loss)
 
     def append(self, result: EpochResult) -> None:
@@ -81,10 +85,13 @@ Callback = Callable[[EpochResult], "bool | None"]
 
 
 class TrainingDiverged(ArithmeticError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN, infinite, or larger than the divergence threshold."""
 
-    def __init__(self, epoch: int, loss: float) -> None:
-        super().__init__(f"training diverged at epoch {epoch}: train_loss={loss}")
+    def __init__(self, epoch: int, loss: float, threshold: float | None = None) -> None:
+        limit = (
+            f" (above the divergence threshold {threshold:g})" if threshold is not None and math.isfinite(loss) else ""
+        )
+        super().__init__(f"training diverged at epoch {epoch}: train_loss={loss:.6g}{limit}")
         self.epoch = epoch
         self.loss = loss
 
@@ -157,12 +164,14 @@ def train_model(
     *,
     criterion: nn.Module | None = None,
     optimizer_options: dict[str, Any] | None = None,
+    divergence_threshold: float | None = None,
 ) -> History:
     """Train for up to ``num_epochs``, evaluating after each; return the History.
 
     ``optimizer`` is a name for build_optimizer (with ``optimizer_options``) or a ready optimizer.
     Each callback receives the EpochResult; one returning True stops training after that epoch.
-    Raises TrainingDiverged as soon as an epoch's training loss is NaN or infinite.
+    Raises TrainingDiverged as soon as an epoch's training loss is NaN, infinite or above
+    ``divergence_threshold`` (a dead network can keep a huge loss finite forever).
     """
     check_positive_int("num_epochs", num_epochs)
     check_positive("lr", lr)
@@ -178,8 +187,8 @@ def train_model(
         train_loss, samples = _train_epoch(model, train_loader, criterion, optimizer, device)
         synchronize(device)
         epoch_seconds = time.perf_counter() - started
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(epoch, train_loss)
+        if not math.isfinite(train_loss) or (divergence_threshold is not None and train_loss > divergence_threshold):
+            raise TrainingDiverged(epoch, train_loss, divergence_threshold)
         val_loss, val_accuracy = evaluate_model(model, val_loader, criterion, device)
         result = EpochResult(
             epoch=epoch,

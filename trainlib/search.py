@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -12,16 +13,27 @@ from trainlib.optim import optimizer_options
 if TYPE_CHECKING:
     from trainlib.config import SearchSpace
 
+
+def _quietly(factory: Callable[..., Any], **options: Any) -> Any:
+    """Build with Optuna's 'experimental feature' notice silenced: it would repeat at every start."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return factory(**options)
+
+
 SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
+    "tpe": lambda seed: _quietly(optuna.samplers.TPESampler, seed=seed, multivariate=True, group=True),
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
     "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
     "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
 }
-PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
-    "none": optuna.pruners.NopPruner,
-    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3),
-    "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=2, reduction_factor=3),
+# Each pruner factory takes (startup trials, warm-up epochs) from the study settings.
+PRUNERS: dict[str, Callable[[int, int], optuna.pruners.BasePruner]] = {
+    "none": lambda startup, warmup: optuna.pruners.NopPruner(),
+    "median": lambda startup, warmup: optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup),
+    "hyperband": lambda startup, warmup: optuna.pruners.HyperbandPruner(
+        min_resource=max(1, warmup), reduction_factor=3
+    ),
 }
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 PRUNER_NAMES: tuple[str, ...] = tuple(PRUNERS)

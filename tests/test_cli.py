@@ -1,0 +1,118 @@
+"""The CLI's contract for mistakes: one clear line on stderr, exit code 2, nothing written to any store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainlib.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "smoke.toml"
+
+
+@pytest.fixture
+def mlruns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "mlruns"
+    monkeypatch.setenv("TRAINLIB_MLRUNS_DIR", str(folder))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("TRAINLIB_OPTUNA_STORAGE", raising=False)
+    return folder
+
+
+def smoke_with(tmp_path: Path, old: str, new: str) -> str:
+    text = SMOKE.read_text()
+    assert old in text, f"{old!r} is not in smoke.toml"
+    path = tmp_path / "bad.toml"
+    path.write_text(text.replace(old, new))
+    return str(path)
+
+
+# (what is wrong, how to make the config file, extra flags, words the message must contain)
+BAD_CONFIGS = [
+    ("unknown sampler", ('sampler = "random"', 'sampler = "grid"'), [], ["study.sampler", "'grid'", "tpe", "cmaes"]),
+    ("unknown pruner", ('pruner = "none"', 'pruner = "asha"'), [], ["study.pruner", "'asha'", "median", "hyperband"]),
+    ("unknown optimizer", ('["sgd", "adam"]', '["sgd", "lbfgs"]'), [], ["search.optimizer", "'lbfgs'", "rmsprop"]),
+    ("unknown dataset", ('dataset = "digits"', 'dataset = "cifar"'), [], ["data.dataset", "'cifar'", "mnist1d"]),
+    ("unknown model", ('name = "mlp"', 'name = "resnet"'), [], ["model.name", "'resnet'", "cnn1d"]),
+    ("batch size not a power of two", ("[32, 64]", "[32, 48]"), [], ["search.batch_size", "48", "powers of two"]),
+    ("lr range reversed", ("low = 1e-3, high = 3e-2", "low = 3e-2, high = 1e-3"), [], ["search.lr", "below"]),
+    ("negative lr", ("low = 1e-3", "low = -1e-3"), [], ["search.lr.low", "-0.001", "greater than 0"]),
+    ("zero epochs", ("epochs = 3", "epochs = 0"), [], ["training.epochs", "0"]),
+    ("unknown key", ("seed = 0\n\n[data]", "seed = 0\nseeds = 1\n\n[data]"), [], ["study.seeds", "unknown key"]),
+    ("missing section", ("[search]", "[searching]"), [], ["search", "missing"]),
+    ("unknown model option", ("hidden_sizes = [32]", "widths = [32]"), [], ["model", "widths", "hidden_sizes"]),
+    ("device absent", ('device = "cpu"', 'device = "cuda:7"'), [], ["training.device", "cuda:7"]),
+    ("unknown device name", ('device = "cpu"', 'device = "tpu"'), [], ["training.device", "tpu", "auto, cpu"]),
+    ("negative workers in config", ("num_workers = 0", "num_workers = -1"), [], ["data.num_workers", "-1"]),
+    ("direction against metric", ('direction = "maximize"', 'direction = "minimize"'), [], ["val_accuracy"]),
+    ("not TOML", ("[study]", "[study"), [], ["not valid TOML"]),
+]
+
+BAD_FLAGS = [
+    ("zero trials", ["--n-trials", "0"], ["--n-trials", "0"]),
+    ("zero workers", ["--workers", "0"], ["--workers", "0"]),
+    ("non-integer epochs", ["--epochs", "many"], ["--epochs", "many"]),
+    ("negative epochs", ["--epochs", "-2"], ["--epochs", "-2"]),
+    ("bad study name", ["--study-name", "a b/c"], ["--study-name", "a b/c"]),
+    ("file store tracking URI", ["--tracking-uri", "file:///tmp/mlruns"], ["tracking URI", "sqlite, postgresql"]),
+    ("unknown storage scheme", ["--storage", "redis://localhost/0"], ["storage URL", "journal"]),
+    ("sqlite with workers", ["--storage", "sqlite:///x.db", "--workers", "2"], ["sqlite", "--workers"]),
+    ("unknown device flag", ["--device", "gpu"], ["device", "'gpu'", "cuda:N"]),
+    ("unknown flag", ["--trials", "3"], ["--trials"]),
+]
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    return stopped.value.code, capsys.readouterr().err
+
+
+def assert_one_clear_line(code: int, stderr: str, words: list[str], mlruns: Path) -> None:
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("trainlib: error: ")
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not mlruns.exists(), "a bad input wrote to the store"
+
+
+@pytest.mark.parametrize(("problem", "edit", "flags", "words"), BAD_CONFIGS, ids=[case[0] for case in BAD_CONFIGS])
+def test_malformed_config_is_one_line_and_exit_2(
+    problem: str,
+    edit: tuple[str, str],
+    flags: list[str],
+    words: list[str],
+    tmp_path: Path,
+    mlruns: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = smoke_with(tmp_path, *edit)
+    code, stderr = run_cli(["sweep", config, *flags], capsys)
+    assert_one_clear_line(code, stderr, [*words, "bad.toml"] if problem != "not TOML" else words, mlruns)
+
+
+@pytest.mark.parametrize(("problem", "flags", "words"), BAD_FLAGS, ids=[case[0] for case in BAD_FLAGS])
+def test_bad_flag_is_one_line_and_exit_2(
+    problem: str, flags: list[str], words: list[str], mlruns: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, stderr = run_cli(["sweep", str(SMOKE), *flags], capsys)
+    assert_one_clear_line(code, stderr, words, mlruns)
+
+
+def test_missing_config_file(tmp_path: Path, mlruns: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stderr = run_cli(["sweep", str(tmp_path / "nope.toml")], capsys)
+    assert_one_clear_line(code, stderr, ["nope.toml", "not found"], mlruns)
+
+
+def test_help_lists_every_sweep_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["sweep", "--help"])
+    output = capsys.readouterr().out
+    assert stopped.value.code == 0
+    for option in ("--n-trials", "--epochs", "--study-name", "--storage", "--tracking-uri", "--workers", "--device"):
+        assert option in output
+    assert "--no-tracking" in output

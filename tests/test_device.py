@@ -1,0 +1,68 @@
+"""Tests for trainlib.device: devices resolve to what exists here, never silently to something else."""
+
+import pytest
+import torch
+
+from trainlib import InvalidArgument, device_name, resolve_device, synchronize
+from trainlib.device import DEVICE_CHOICES
+
+mps_available = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def test_auto_picks_the_best_device_present():
+    if torch.cuda.is_available():
+        expected = "cuda"
+    elif mps_available:
+        expected = "mps"
+    else:
+        expected = "cpu"
+
+    assert resolve_device("auto").type == expected
+    assert resolve_device().type == expected
+
+
+@pytest.mark.parametrize("spec", ["cpu", "CPU", " cpu ", torch.device("cpu")], ids=repr)
+def test_cpu_resolves_to_cpu(spec):
+    assert resolve_device(spec) == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0", "cuda:3", torch.device("cuda")], ids=repr)
+def test_cuda_without_cuda_raises(spec):
+    with pytest.raises(InvalidArgument, match="CUDA is not available"):
+        resolve_device(spec)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_resolves_when_present():
+    assert resolve_device("cuda").type == "cuda"
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    assert device_name(resolve_device("cuda")) == torch.cuda.get_device_name(0)
+
+
+def test_cuda_index_beyond_the_devices_present_raises():
+    with pytest.raises(InvalidArgument, match="cuda:99"):
+        resolve_device("cuda:99")
+
+
+@pytest.mark.skipif(mps_available, reason="MPS is present here")
+def test_mps_without_mps_raises():
+    with pytest.raises(InvalidArgument, match="MPS is not available"):
+        resolve_device("mps")
+
+
+@pytest.mark.parametrize("spec", ["tpu", "gpu", "", "meta", "xla", 0], ids=repr)
+def test_unknown_device_names_the_value_and_the_choices(spec):
+    with pytest.raises(ValueError) as raised:
+        resolve_device(spec)
+
+    message = str(raised.value)
+    assert repr(spec) in message
+    for choice in DEVICE_CHOICES:
+        assert choice in message
+
+
+def test_cpu_helpers():
+    cpu = torch.device("cpu")
+    synchronize(cpu)  # a no-op on the CPU, and must not touch CUDA
+    assert device_name(cpu) == "cpu"

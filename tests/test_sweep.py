@@ -1,0 +1,249 @@
+"""The sweep against a real MLflow sqlite store and a real Optuna journal/sqlite storage in tmp folders."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+from trainlib.config import load_config
+from trainlib.sweep import plan_sweep, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "smoke.toml"
+EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second")
+
+
+def write_config(folder: Path, name: str, **changes: str) -> Path:
+    """A copy of smoke.toml with whole `key = value` lines replaced (key as written in the file)."""
+    lines = SMOKE.read_text().splitlines()
+    for key, value in changes.items():
+        lines = [f"{key} = {value}" if line.split("=")[0].strip() == key else line for line in lines]
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Embedded default stores rooted in tmp_path (TRAINLIB_MLRUNS_DIR), as `make sweep` would use them."""
+    mlruns = tmp_path / "mlruns"
+    monkeypatch.setenv("TRAINLIB_MLRUNS_DIR", str(mlruns))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("TRAINLIB_OPTUNA_STORAGE", raising=False)
+    return {
+        "mlruns": str(mlruns),
+        "tracking_uri": f"sqlite:///{mlruns / 'mlflow.db'}",
+        "storage": f"journal:///{mlruns / 'optuna.journal'}",
+    }
+
+
+def sweep(config: Path, **options: object) -> object:
+    plan = plan_sweep(load_config(config), config, **options)
+    return run_sweep(plan, show_progress=False)
+
+
+def runs_of(client: MlflowClient, experiment: str) -> tuple[object, list[object]]:
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+    parents = [run for run in runs if run.data.tags.get("trainlib.role") == "study"]
+    children = [run for run in runs if run.data.tags.get("trainlib.role") == "trial"]
+    assert len(parents) == 1, f"expected one parent run, found {len(parents)}"
+    return parents[0], children
+
+
+def load_study(stores: dict[str, str], name: str) -> optuna.Study:
+    from trainlib.sweep import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(stores["storage"]))
+
+
+def test_sweep_records_parent_and_child_runs(stores: dict[str, str], tmp_path: Path) -> None:
+    summary = sweep(SMOKE)
+    client = MlflowClient(stores["tracking_uri"])
+    parent, children = runs_of(client, "smoke")
+
+    assert summary.counts == {"complete": 4, "pruned": 0, "failed": 0}
+    assert sorted(run.info.run_name for run in children) == [f"trial-{n:04d}" for n in range(4)]
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["optuna.state"] == "COMPLETE"
+        assert {"lr", "batch_size", "optimizer", "trial_number"} <= set(child.data.params)
+        assert ("momentum" in child.data.params) == (child.data.params["optimizer"] == "sgd")
+        for metric in EPOCH_METRICS:
+            history = client.get_metric_history(child.info.run_id, metric)
+            assert [point.step for point in history] == [1, 2, 3], metric
+        assert "best_val_accuracy" in child.data.metrics
+
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["data.dataset"] == "digits"
+    assert parent.data.params["training.epochs"] == "3"
+    for tag in ("sampler", "pruner", "device", "device_name", "torch_version", "mlflow_version", "optuna_version"):
+        assert parent.data.tags[tag], tag
+    assert parent.data.tags["git_commit"] and parent.data.tags["host"]
+    best_history = client.get_metric_history(parent.info.run_id, "best_val_accuracy")
+    assert [point.step for point in best_history] == [0, 1, 2, 3]
+    assert [p.value for p in best_history] == sorted(p.value for p in best_history)  # best so far never drops
+    assert parent.data.metrics["n_complete"] == 4 and parent.data.metrics["n_failed"] == 0
+    assert 0 < parent.data.metrics["test_accuracy"] <= 1
+    assert summary.test_accuracy == pytest.approx(parent.data.metrics["test_accuracy"])
+
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/trials.csv", "report/optimization_history.png", "report/slice.png"} <= artifacts
+    assert [item.path for item in client.list_artifacts(parent.info.run_id, "config")] == ["config/smoke.toml"]
+    models = client.search_logged_models([parent.info.experiment_id])
+    assert [model.name for model in models] == ["best_model"]
+    assert models[0].source_run_id == parent.info.run_id
+
+
+def test_running_again_resumes_the_same_study_and_parent(stores: dict[str, str]) -> None:
+    sweep(SMOKE, n_trials=2)
+    summary = sweep(SMOKE, n_trials=3)
+    client = MlflowClient(stores["tracking_uri"])
+    parent, children = runs_of(client, "smoke")
+
+    assert summary.counts["complete"] == 5
+    assert len(children) == 5
+    assert {child.data.tags["mlflow.parentRunId"] for child in children} == {parent.info.run_id}
+    assert len(load_study(stores, "smoke").trials) == 5
+    assert [p.step for p in client.get_metric_history(parent.info.run_id, "best_val_accuracy")] == list(range(5))
+    params = [tuple(sorted(child.data.params.items())) for child in children]
+    assert len(set(params)) == 5, "a resumed study replayed earlier draws"
+
+
+def test_pruned_trials_stop_early_and_are_tagged(stores: dict[str, str], tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        "prune.toml",
+        n_trials="8",
+        pruner='"median"',
+        pruner_startup_trials="2",
+        pruner_warmup_epochs="1",
+        epochs="6",
+        lr="{ low = 1e-5, high = 1e-1 }",
+        optimizer='["sgd"]',
+    )
+    summary = sweep(config)
+    client = MlflowClient(stores["tracking_uri"])
+    _, children = runs_of(client, "smoke")
+    pruned = [child for child in children if child.data.tags["optuna.state"] == "PRUNED"]
+
+    assert summary.counts["pruned"] == len(pruned) >= 1
+    for child in pruned:
+        assert child.info.status == "FINISHED"
+        assert "pruned at epoch" in child.data.tags["optuna.reason"]
+        steps = [point.step for point in client.get_metric_history(child.info.run_id, "val_accuracy")]
+        assert len(steps) < 6, "a pruned trial kept training"
+    states = [trial.state for trial in load_study(stores, "smoke").trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
+
+
+def test_diverging_trial_fails_with_reason_and_the_study_goes_on(stores: dict[str, str], tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, "diverge.toml", n_trials="3", lr="{ low = 50.0, high = 100.0 }", optimizer='["sgd"]', epochs="3"
+    )  # lr=50 with SGD: the loss jumps past training.divergence_threshold (100) in the first epoch
+    summary = sweep(config)
+    client = MlflowClient(stores["tracking_uri"])
+    _, children = runs_of(client, "smoke")
+
+    assert summary.counts == {"complete": 0, "pruned": 0, "failed": 3}  # all three ran: the study went on
+    for child in children:
+        assert child.info.status == "FAILED"
+        assert child.data.tags["optuna.state"] == "FAIL"
+        assert "diverged" in child.data.tags["optuna.reason"]
+        assert int(child.data.tags["optuna.failed_epoch"]) >= 1
+    study = load_study(stores, "smoke")
+    assert all(trial.state == optuna.trial.TrialState.FAIL for trial in study.trials)
+
+
+def test_no_tracking_writes_no_mlflow_store(stores: dict[str, str]) -> None:
+    summary = sweep(SMOKE, n_trials=2, tracking=False)
+    assert summary.counts["complete"] == 2
+    assert summary.test_accuracy is not None
+    assert not Path(stores["mlruns"], "mlflow.db").exists()
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainlib.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _env(stores: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, "TRAINLIB_MLRUNS_DIR": stores["mlruns"], "PYTHONUNBUFFERED": "1"}
+
+
+def test_sigint_closes_runs_and_trials_and_the_sweep_resumes(stores: dict[str, str], tmp_path: Path) -> None:
+    config = write_config(tmp_path, "long.toml", n_trials="50", epochs="200")
+    process = _cli("sweep", str(config), "--no-progress", env=_env(stores))
+    client = MlflowClient(stores["tracking_uri"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until a trial is training
+        time.sleep(0.5)
+        experiment = client.get_experiment_by_name("smoke") if Path(stores["mlruns"], "mlflow.db").exists() else None
+        if experiment and client.search_runs([experiment.experiment_id], "tags.`trainlib.role` = 'trial'"):
+            break
+    time.sleep(1.0)
+    interrupted_at = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - interrupted_at < 15, "the sweep took too long to stop"
+
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Resume with: trainlib sweep" in stderr
+    parent, children = runs_of(client, "smoke")
+    assert parent.info.status == "KILLED"
+    assert children and all(child.info.status != "RUNNING" for child in children)
+    assert any(child.info.status == "KILLED" for child in children)
+    study = load_study(stores, "smoke")
+    assert all(trial.state != optuna.trial.TrialState.RUNNING for trial in study.trials)
+    interrupted_count = len(study.trials)
+
+    resumed = _cli("sweep", str(config), "--no-progress", "--n-trials", "1", "--epochs", "2", env=_env(stores))
+    _, stderr = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, stderr
+    assert len(load_study(stores, "smoke").trials) == interrupted_count + 1
+    resumed_parent, resumed_children = runs_of(client, "smoke")
+    assert resumed_parent.info.run_id == parent.info.run_id and resumed_parent.info.status == "FINISHED"
+    assert len(resumed_children) == len(children) + 1
+
+
+def test_two_workers_share_one_study_and_one_parent(stores: dict[str, str]) -> None:
+    process = _cli("sweep", str(SMOKE), "--no-progress", "--workers", "2", "--n-trials", "4", env=_env(stores))
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+
+    client = MlflowClient(stores["tracking_uri"])
+    parent, children = runs_of(client, "smoke")
+    assert len(children) == 4
+    assert {child.data.tags["mlflow.parentRunId"] for child in children} == {parent.info.run_id}
+    assert sorted(int(child.data.params["trial_number"]) for child in children) == [0, 1, 2, 3]
+    assert all(child.info.status == "FINISHED" for child in children)
+    study = load_study(stores, "smoke")
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert "4 complete" in stdout
+
+
+def test_sqlite_storage_with_workers_is_refused(stores: dict[str, str], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sqlite storage is not safe with --workers > 1"):
+        plan_sweep(load_config(SMOKE), SMOKE, storage=f"sqlite:///{tmp_path}/o.db", workers=2)
+
+
+def test_sqlite_optuna_storage_works_for_one_worker(stores: dict[str, str], tmp_path: Path) -> None:
+    summary = sweep(SMOKE, n_trials=1, storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert summary.counts["complete"] == 1
+    assert optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path}/optuna.db").trials

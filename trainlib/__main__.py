@@ -1,0 +1,5 @@
+"""`python -m trainlib` runs the CLI."""
+
+from trainlib.cli import main
+
+main()
