@@ -8,8 +8,12 @@ PORT ?= 5000
 HOST ?= 127.0.0.1
 WORKERS ?= 0 1 2 4
 SWEEP_ARGS ?=
+# make server: empty means trainlib's defaults (the sqlite store under mlruns/ and mlruns/artifacts).
+BACKEND_STORE_URI ?=
+ARTIFACTS_DESTINATION ?=
+SERVER_ARGS ?=
 
-.PHONY: setup sweep test lint format bench bench-quick bench-compare ui server clean
+.PHONY: setup system-deps sweep test lint format bench bench-quick bench-compare ui server clean
 
 setup: $(STAMP)
 
@@ -21,8 +25,28 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# System packages the end-to-end tests use: a real PostgreSQL and a real headless Chromium.
+# Installed only where missing (make test runs as root in CI; apt-get is allowed there).
+system-deps:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+	@test -x /usr/bin/chromium || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
 sweep: setup
 	$(BIN)/trainlib sweep $(CONFIG) $(SWEEP_ARGS)
+
+# MLflow tracking server (proxied artifacts) for sweeps on several machines; see docs/scale-out.md.
+# Not echoed by make: BACKEND_STORE_URI may hold a password (trainlib server prints it redacted).
+server: setup
+	@$(BIN)/trainlib server --host '$(HOST)' --port '$(PORT)' \
+		$(if $(BACKEND_STORE_URI),--backend-store-uri '$(BACKEND_STORE_URI)') \
+		$(if $(ARTIFACTS_DESTINATION),--artifacts-destination '$(ARTIFACTS_DESTINATION)') $(SERVER_ARGS)
+
+# The MLflow UI on the store make sweep writes; prints the latest study's address (docs/ui.md).
+# PORT=5001 for another port, HOST=0.0.0.0 to listen on every interface (default: this machine only).
+ui: setup
+	$(BIN)/trainlib ui --host '$(HOST)' --port '$(PORT)'
 
 lint: setup
 	$(BIN)/ruff check .
@@ -32,8 +56,36 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: setup lint
+test: setup system-deps lint
 	$(BIN)/python -m pytest tests
+
+# ---- benchmarks: bench/ holds plain pytest-benchmark tests; trainlib bench-report turns their JSON into reports ----
+# make bench WORKERS="0 2 4 8"; make bench-quick QUICK_OUT=/tmp/q; make bench-compare BASELINE=bench/results/X.json
+BENCH_ARGS ?=
+BENCH_REPORTS ?= bench/reports
+QUICK_OUT ?= .cache/bench-quick
+QUICK_REPORT_ARGS ?= --no-tracking
+BASELINE ?= $(lastword $(sort $(wildcard bench/results/*.json)))
+THRESHOLD ?= 10%
+
+# The default grid (3 to 5 minutes on a 2-core CPU): JSON in .benchmarks/ (autosave) and bench/results/, reports.
+bench: setup
+	mkdir -p bench/results
+	json=bench/results/$$(date -u +%Y%m%dT%H%M%SZ).json && \
+	$(BIN)/python -m pytest bench --workers "$(WORKERS)" --benchmark-autosave --benchmark-json=$$json $(BENCH_ARGS) && \
+	$(BIN)/trainlib bench-report $$json --out-dir $(BENCH_REPORTS)
+
+# The reduced grid (workers 0 and 2, small datasets, 2 rounds): under a minute; JSON and reports in QUICK_OUT.
+bench-quick: setup
+	mkdir -p $(QUICK_OUT)
+	$(BIN)/python -m pytest bench --quick --benchmark-json=$(QUICK_OUT)/bench.json $(BENCH_ARGS)
+	$(BIN)/trainlib bench-report $(QUICK_OUT)/bench.json --out-dir $(QUICK_OUT) $(QUICK_REPORT_ARGS)
+
+# Rerun the default grid; fail when any case's median epoch time regresses by more than THRESHOLD vs BASELINE.
+bench-compare: setup
+	@test -n "$(BASELINE)" || { echo "bench-compare: no baseline in bench/results/; run make bench or pass BASELINE=" >&2; exit 2; }
+	$(BIN)/python -m pytest bench --workers "$(WORKERS)" --benchmark-autosave \
+		--benchmark-compare=$(BASELINE) --benchmark-compare-fail=median:$(THRESHOLD) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

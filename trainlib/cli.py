@@ -6,13 +6,23 @@ A mistake a user can make (bad flag, config, storage URL, device) is one line on
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import click
 
 from trainlib.errors import InvalidArgument
+from trainlib.stores import (
+    GRACE_PERIOD_SECONDS,
+    HEARTBEAT_INTERVAL_SECONDS,
+    MAX_OUTAGE_SECONDS,
+    StoreUnavailable,
+    mlflow_server_command,
+    redact,
+)
 
 USAGE_ERROR = 2
+STORE_UNAVAILABLE = 3  # the database or the tracking server stayed unreachable past --max-outage
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,6 +48,27 @@ def cli(verbose: bool) -> None:
 @click.option("--device", help="Override training.device: auto, cpu, cuda, cuda:N or mps.")
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow (to measure tracking overhead).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option(
+    "--heartbeat-interval",
+    type=int,
+    default=HEARTBEAT_INTERVAL_SECONDS,
+    show_default=True,
+    help="Seconds between a running trial's heartbeats (PostgreSQL/MySQL storage).",
+)
+@click.option(
+    "--grace-period",
+    type=int,
+    default=GRACE_PERIOD_SECONDS,
+    show_default=True,
+    help="Seconds without heartbeat after which another worker fails the trial and retries it once.",
+)
+@click.option(
+    "--max-outage",
+    type=int,
+    default=MAX_OUTAGE_SECONDS,
+    show_default=True,
+    help="Seconds a worker waits out an unreachable database or tracking server before it exits (code 3).",
+)
 def sweep(
     config_file: str,
     n_trials: int | None,
@@ -49,14 +80,21 @@ def sweep(
     device: str | None,
     no_tracking: bool,
     no_progress: bool,
+    heartbeat_interval: int,
+    grace_period: int,
+    max_outage: int,
 ) -> None:
     """Run an Optuna study from an experiment CONFIG (TOML), every trial tracked in MLflow."""
     from trainlib.config import load_config
     from trainlib.sweep import SweepInterrupted, plan_sweep, run_sweep
 
     config = load_config(config_file).with_overrides(
-        source=config_file,
-        **{"study.n_trials": n_trials, "study.name": study_name, "training.epochs": epochs, "training.device": device},
+        {
+            "study.n_trials": ("--n-trials", n_trials),
+            "study.name": ("--study-name", study_name),
+            "training.epochs": ("--epochs", epochs),
+            "training.device": ("--device", device),
+        }
     )
     plan = plan_sweep(
         config,
@@ -66,7 +104,14 @@ def sweep(
         tracking_uri=tracking_uri,
         workers=workers,
         tracking=not no_tracking,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_outage_seconds=max_outage,
     )
+    # Ctrl-C (and SIGTERM) become KeyboardInterrupt even where the shell started us with SIGINT ignored,
+    # so an interrupted sweep always closes its runs and trials.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = run_sweep(plan, show_progress=not no_progress)
     except SweepInterrupted:
@@ -80,7 +125,7 @@ def format_summary(summary: object) -> str:
     """The end-of-sweep report: counts, top trials, best parameters, test accuracy, how to look at it."""
     lines = [
         f"\nstudy {summary.study_name}: {summary.counts['complete']} complete, {summary.counts['pruned']} pruned, "
-        f"{summary.counts['fail']} failed ({summary.seconds:.0f} s for this command)",
+        f"{summary.counts['failed']} failed ({summary.seconds:.0f} s for this command)",
     ]
     if len(summary.top_trials):
         lines += ["", "top trials:", summary.top_trials.to_string(index=False, float_format=lambda v: f"{v:.4g}")]
@@ -88,15 +133,111 @@ def format_summary(summary: object) -> str:
         lines += ["", f"best value: {summary.best_value:.4f}", f"best params: {summary.best_params}"]
     if summary.test_accuracy is not None:
         lines.append(f"best model's test accuracy (held-out split): {summary.test_accuracy:.4f}")
+    if getattr(summary, "report_deferred", False):
+        lines.append("other workers are still running trials: the last one to finish logs the report and best model")
     if summary.parent_run_id:
-        lines += ["", f"MLflow: {summary.tracking_uri} (parent run {summary.parent_run_id})", "compare trials: make ui"]
+        lines += [
+            "",
+            f"MLflow: {redact(summary.tracking_uri)} (parent run {summary.parent_run_id})",
+            "compare trials: make ui",
+        ]
     return "\n".join(lines)
+
+
+@cli.command("bench-report")
+@click.argument("json_file", metavar="FILE.json", type=click.Path(dir_okay=False))
+@click.option("--out-dir", default="bench/reports", show_default=True, help="Folder for throughput.md/.csv/.png.")
+@click.option("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, or sqlite under mlruns/].")
+@click.option("--no-tracking", is_flag=True, help="Write the report files only; log nothing to MLflow.")
+def bench_report(json_file: str, out_dir: str, tracking_uri: str | None, no_tracking: bool) -> None:
+    """Turn a pytest-benchmark FILE.json from bench/ into tables, a chart and MLflow runs (experiment 'throughput')."""
+    from trainlib.bench_report import write_reports
+
+    report = write_reports(json_file, out_dir, tracking_uri, track=not no_tracking)
+    for path in report.files:
+        click.echo(f"wrote {path}")
+    if report.run_id:
+        click.echo(f"MLflow: experiment 'throughput', parent run {report.run_id}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: every machine).")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--backend-store-uri", help="Runs database [default: the sqlite store under mlruns/ that sweeps write].")
+@click.option("--artifacts-destination", help="Where proxied artifacts go [default: mlruns/artifacts].")
+@click.option("--dry-run", is_flag=True, help="Print the resolved command and exit.")
+@click.argument("mlflow_args", nargs=-1, type=click.UNPROCESSED)
+def server(
+    host: str,
+    port: int,
+    backend_store_uri: str | None,
+    artifacts_destination: str | None,
+    dry_run: bool,
+    mlflow_args: tuple[str, ...],
+) -> None:
+    """Start `mlflow server --serve-artifacts` for sweeps on several machines; extra MLFLOW_ARGS pass through."""
+    import os
+    import shlex
+
+    from trainlib.stores import mlruns_dir
+
+    command = mlflow_server_command(host, port, backend_store_uri, artifacts_destination, mlflow_args)
+    click.echo(" ".join(shlex.quote(redact(part)) for part in command))
+    if dry_run:
+        return
+    if backend_store_uri is None:
+        mlruns_dir().mkdir(parents=True, exist_ok=True)
+    # The job runner serves GenAI evaluation jobs, which sweeps never start; it costs a few processes per server.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    os.execv(command[0], command)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--tracking-uri", help="MLflow store to show [default: $MLFLOW_TRACKING_URI, or sqlite under mlruns/].")
+@click.option("--dry-run", is_flag=True, help="Print the address and the resolved command, start nothing.")
+def ui(host: str, port: int, tracking_uri: str | None, dry_run: bool) -> None:
+    """Start the MLflow UI on the store sweeps write; print the address of the latest study."""
+    import os
+    import shlex
+
+    from trainlib.ui import (
+        ALL_INTERFACES,
+        ensure_store_folder,
+        experiment_address,
+        latest_study,
+        ui_address,
+        ui_command,
+    )
+
+    command, uri = ui_command(host, port, tracking_uri)
+    address = ui_address(host, port)
+    study = latest_study(uri)
+    click.echo(f"MLflow UI over {redact(uri)}")
+    if study is None:
+        click.echo(f"no study there yet (make sweep): {address}")
+    else:
+        click.echo(f"latest study {study[0]!r}: {experiment_address(address, study[1])}")
+    if host in ALL_INTERFACES:
+        click.echo(f"listening on every interface: other machines open port {port} of this machine's address")
+    if dry_run:
+        click.echo(" ".join(shlex.quote(redact(part)) for part in command))
+        return
+    click.echo("Ctrl-C stops it")
+    sys.stdout.flush()
+    ensure_store_folder(uri)
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI jobs; sweeps start none
+    os.execv(command[0], command)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI, turning user errors into one line and exit code 2."""
     try:
-        cli.main(args=argv, prog_name="trainlib", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="trainlib", standalone_mode=False)
+    except KeyboardInterrupt:
+        click.echo("trainlib: interrupted", err=True)
+        sys.exit(130)
     except click.exceptions.Abort:
         click.echo("trainlib: aborted", err=True)
         sys.exit(130)
@@ -109,5 +250,13 @@ def main(argv: list[str] | None = None) -> None:
     except InvalidArgument as error:
         click.echo(f"trainlib: error: {error}", err=True)
         sys.exit(USAGE_ERROR)
+    except StoreUnavailable as error:
+        click.echo(f"trainlib: error: {error}", err=True)
+        sys.exit(STORE_UNAVAILABLE)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -172,7 +172,8 @@ class TensorBatchLoader:
         tensors = dataset.tensors
         if resident_device is not None:
             tensors = tuple(t.to(resident_device) for t in tensors)  # whole dataset on the GPU: no copy per batch
-        elif pin_memory:
+        self.pin_memory = pin_memory and resident_device is None
+        if self.pin_memory:
             tensors = tuple(t.pin_memory() for t in tensors)  # page-locked: batches copy asynchronously
         self.tensors = tensors
 
@@ -185,7 +186,14 @@ class TensorBatchLoader:
         count = len(tensors[0])
         if self.shuffle:
             order = torch.randperm(count, generator=self.generator).to(tensors[0].device)
-            tensors = tuple(t[order] for t in tensors)
+            # Gather straight into page-locked memory when pinning (t[order] would be pageable again);
+            # torch caches pinned blocks, so this is no new allocation after the first epoch.
+            tensors = tuple(
+                torch.index_select(t, 0, order, out=torch.empty_like(t, pin_memory=True))
+                if self.pin_memory
+                else t[order]
+                for t in tensors
+            )
         stop = count - count % self.batch_size if self.drop_last else count
         for start in range(0, stop, self.batch_size):
             yield tuple(t[start : start + self.batch_size] for t in tensors)
@@ -264,7 +272,8 @@ def make_loader(
         )
     options: dict[str, Any] = {}
     if num_workers > 0:
-        options["persistent_workers"] = True if persistent_workers is None else persistent_workers
+        # Workers that outlive an epoch skip a process start per epoch; loader='torch' keeps torch's own default.
+        options["persistent_workers"] = (loader == "auto") if persistent_workers is None else persistent_workers
         if prefetch_factor is not None:
             options["prefetch_factor"] = prefetch_factor
     if in_memory and loader == "auto":

@@ -2,15 +2,26 @@
 
 Embedded default: everything under ./mlruns (MLflow in sqlite, Optuna in a journal file that is
 safe for several local worker processes). Overrides: a flag, then an environment variable.
+Scale-out (docs/scale-out.md): PostgreSQL for Optuna, `mlflow server` for tracking; a worker that loses
+either waits it out with bounded backoff (call_patiently).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from typing import TypeVar
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from trainlib.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "http", "https")
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
@@ -21,18 +32,23 @@ def mlruns_dir() -> Path:
     return Path(os.environ.get("TRAINLIB_MLRUNS_DIR", "mlruns")).resolve()
 
 
+def local_tracking_uri() -> str:
+    """The embedded MLflow store: sqlite under mlruns/ (what `make sweep` writes and `make server` serves)."""
+    return f"sqlite:///{mlruns_dir() / 'mlflow.db'}"
+
+
 def resolve_tracking_uri(flag: str | None = None) -> str:
     """The MLflow tracking URI: --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite under mlruns/."""
     uri = flag or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        return f"sqlite:///{mlruns_dir() / 'mlflow.db'}"
+        return local_tracking_uri()
     scheme = _scheme(uri)
     if scheme not in TRACKING_SCHEMES:
         raise InvalidArgument(
             f"unsupported tracking URI {redact(uri)!r}; valid schemes: {', '.join(TRACKING_SCHEMES)} "
             "(MLflow 3's file store is not used)"
         )
-    return uri
+    return with_installed_driver(uri)
 
 
 def local_artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
@@ -59,7 +75,7 @@ def resolve_storage_url(flag: str | None = None) -> str:
         )
     if scheme == "journal" and not urlsplit(url).path.strip("/"):
         raise InvalidArgument(f"storage URL {url!r} names no file; use journal:///path/to/file")
-    return url
+    return with_installed_driver(url)
 
 
 def is_sqlite(url: str) -> bool:
@@ -78,3 +94,128 @@ def redact(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def is_database_server(url: str) -> bool:
+    """True for PostgreSQL and MySQL URLs: shared databases that workers on several machines can use."""
+    return _scheme(url) in ("postgresql", "mysql")
+
+
+def with_installed_driver(url: str) -> str:
+    """``url`` naming psycopg2 where a bare postgresql:// would ask SQLAlchemy (2.1+) for psycopg 3, not installed."""
+    bare_postgresql = urlsplit(url).scheme == "postgresql"
+    if bare_postgresql and importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        return "postgresql+psycopg2" + url.removeprefix("postgresql")
+    return url
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with ``url``'s password (plain or percent-encoded) replaced by '***'."""
+    password = urlsplit(url).password
+    if not password:
+        return text
+    for secret in {password, quote(password, safe=""), unquote(password)}:
+        text = text.replace(secret, "***")
+    return text
+
+
+# ---- the tracking server: one home for the defaults `make server` uses ----
+
+
+def default_artifacts_destination() -> Path:
+    """Where a local tracking server keeps proxied artifacts: mlruns/artifacts, beside the embedded store's."""
+    return mlruns_dir() / "artifacts"
+
+
+def mlflow_server_command(
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> list[str]:
+    """The `mlflow server --serve-artifacts` command line; by default it serves the local store under mlruns/."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        with_installed_driver(backend_store_uri or local_tracking_uri()),
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts_destination or str(default_artifacts_destination()),
+        *extra_args,
+    ]
+
+
+# ---- waiting out a lost store: bounded, with one log line per retry ----
+
+HEARTBEAT_INTERVAL_SECONDS = 10
+GRACE_PERIOD_SECONDS = 30
+MAX_OUTAGE_SECONDS = 120
+_MAX_DELAY_SECONDS = 30.0
+
+
+class StoreUnavailable(RuntimeError):
+    """A store stayed unreachable past the outage budget; ``store`` is 'tracking' or 'storage'."""
+
+    def __init__(self, message: str, store: str) -> None:
+        super().__init__(message)
+        self.store = store
+
+
+def retry_delays(max_outage_seconds: float) -> list[float]:
+    """Waits between attempts: 1, 2, 4, ... s (at most 30 s each), adding up to ``max_outage_seconds``."""
+    delays: list[float] = []
+    total, delay = 0.0, 1.0
+    while total < max_outage_seconds:
+        step = min(delay, _MAX_DELAY_SECONDS, max_outage_seconds - total)
+        delays.append(step)
+        total += step
+        delay *= 2
+    return delays
+
+
+def call_patiently(
+    call: Callable[[], T],
+    *,
+    store: str,
+    label: str,
+    is_transient: Callable[[BaseException], bool],
+    max_outage_seconds: float,
+    secret_url: str = "",
+) -> T:
+    """``call()``, retried with backoff while it fails with a transient error, for at most ``max_outage_seconds``.
+
+    Each retry logs one line naming ``label`` (a redacted URL); giving up raises StoreUnavailable (one line).
+    """
+    delays = retry_delays(max_outage_seconds)
+    attempts = len(delays) + 1
+    started = time.monotonic()
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as error:
+            elapsed = time.monotonic() - started
+            if not is_transient(error):
+                raise
+            if attempt == attempts or elapsed >= max_outage_seconds:
+                reason = scrub(_first_line(error), secret_url)
+                raise StoreUnavailable(
+                    f"{label} unreachable for {elapsed:.0f} s ({attempt} attempts); giving up. Last error: {reason}",
+                    store,
+                ) from None
+            delay = delays[attempt - 1]
+            log.warning("%s unreachable, retrying in %g s (attempt %d/%d)", label, delay, attempt + 1, attempts)
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__

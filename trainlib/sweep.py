@@ -12,7 +12,9 @@ import logging
 import math
 import multiprocessing
 import os
+import secrets
 import signal
+import sys
 import tempfile
 import time
 import warnings
@@ -24,6 +26,7 @@ from typing import Any
 import optuna
 import pandas as pd
 import torch
+from optuna.storages._heartbeat import is_heartbeat_enabled  # not re-exported; stable since Optuna 2.9
 from tqdm import tqdm
 
 from trainlib.config import SweepConfig
@@ -34,7 +37,19 @@ from trainlib.errors import InvalidArgument, check_positive_int
 from trainlib.models import build_model
 from trainlib.search import PRUNERS, SAMPLERS, suggest
 from trainlib.seeding import seed_everything
-from trainlib.stores import is_sqlite, redact, resolve_storage_url, resolve_tracking_uri
+from trainlib.stores import (
+    GRACE_PERIOD_SECONDS,
+    HEARTBEAT_INTERVAL_SECONDS,
+    MAX_OUTAGE_SECONDS,
+    StoreUnavailable,
+    call_patiently,
+    is_database_server,
+    is_sqlite,
+    redact,
+    resolve_storage_url,
+    resolve_tracking_uri,
+    scrub,
+)
 from trainlib.tracking import NullTracker, SweepTracker, environment_tags
 
 log = logging.getLogger(__name__)
@@ -52,6 +67,9 @@ class SweepPlan:
     storage_url: str
     tracking_uri: str | None
     workers: int
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_SECONDS  # PostgreSQL/MySQL storages: see open_storage
+    grace_period: int = GRACE_PERIOD_SECONDS
+    max_outage_seconds: float = MAX_OUTAGE_SECONDS  # how long a worker waits out a lost store before exiting
 
 
 @dataclass
@@ -67,6 +85,20 @@ class SweepSummary:
     parent_run_id: str | None
     tracking_uri: str | None
     seconds: float
+    report_deferred: bool = False  # other workers were still running trials; the last to finish writes the report
+
+
+_LOST_STORE_EXIT = 3  # a worker process that gave up on a store (the CLI uses the same code)
+
+
+class _QuietLostStore(logging.Filter):
+    """Optuna logs a trial that raised with its traceback; for a lost store our own one line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], StoreUnavailable))
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_QuietLostStore())
 
 
 class SweepInterrupted(Exception):
@@ -82,11 +114,22 @@ def plan_sweep(
     tracking_uri: str | None = None,
     workers: int = 1,
     tracking: bool = True,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_SECONDS,
+    grace_period: int = GRACE_PERIOD_SECONDS,
+    max_outage_seconds: int = MAX_OUTAGE_SECONDS,
 ) -> SweepPlan:
     """Check every command-line choice before anything is created; raise InvalidArgument on the first bad one."""
     n_trials = config.study.n_trials if n_trials is None else n_trials
     check_positive_int("--n-trials", n_trials)
     check_positive_int("--workers", workers)
+    check_positive_int("--heartbeat-interval", heartbeat_interval)
+    check_positive_int("--grace-period", grace_period)
+    check_positive_int("--max-outage", max_outage_seconds)
+    if grace_period <= heartbeat_interval:
+        raise InvalidArgument(
+            f"--grace-period ({grace_period} s) must be longer than --heartbeat-interval ({heartbeat_interval} s), "
+            "or live trials would be failed between two heartbeats"
+        )
     storage_url = resolve_storage_url(storage)
     if workers > 1 and is_sqlite(storage_url):
         raise InvalidArgument(
@@ -99,11 +142,25 @@ def plan_sweep(
         storage_url=storage_url,
         tracking_uri=resolve_tracking_uri(tracking_uri) if tracking else None,
         workers=workers,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_outage_seconds=max_outage_seconds,
     )
 
 
-def open_storage(storage_url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``storage_url`` (journal:///file, sqlite, postgresql, mysql)."""
+def open_storage(
+    storage_url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    on_stale_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    max_outage_seconds: float = MAX_OUTAGE_SECONDS,
+) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``storage_url`` (journal:///file, sqlite, postgresql, mysql).
+
+    PostgreSQL and MySQL storages wait out a lost connection (PatientRDBStorage) and, given a heartbeat
+    interval, record heartbeats so that other workers fail (and ``on_stale_trial`` handles) a dead worker's trial.
+    """
     if storage_url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -113,17 +170,141 @@ def open_storage(storage_url: str) -> optuna.storages.BaseStorage:
     if is_sqlite(storage_url):
         Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(storage_url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as error:  # sqlalchemy raises many kinds; the user needs one line
+        if not is_database_server(storage_url):
+            return optuna.storages.RDBStorage(storage_url, engine_kwargs={"pool_pre_ping": True})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
+            return PatientRDBStorage(
+                storage_url,
+                max_outage_seconds=max_outage_seconds,
+                engine_kwargs={"pool_pre_ping": True, "connect_args": _connect_args(storage_url)},
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period if heartbeat_interval else None,
+                heartbeat_stale_trial_callback=on_stale_trial if heartbeat_interval else None,
+            )
+    except Exception as error:  # sqlalchemy raises many kinds; the user needs one line (and never the password)
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InvalidArgument(f"cannot open Optuna storage {redact(storage_url)}: {first_line}") from None
+        raise InvalidArgument(
+            f"cannot open Optuna storage {redact(storage_url)}: {scrub(first_line, storage_url)}"
+        ) from None
+
+
+def _connect_args(storage_url: str) -> dict[str, int]:
+    """Driver options so a lost database shows up as an error within seconds, never as a hang."""
+    if storage_url.startswith(("postgresql://", "postgresql+psycopg2://", "postgresql+psycopg://")):
+        # libpq: give up connecting after 10 s; notice a silently dead server on an idle connection within ~30 s.
+        return {"connect_timeout": 10, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+    if storage_url.startswith(("mysql://", "mysql+pymysql://", "mysql+mysqldb://")):
+        return {"connect_timeout": 10}
+    return {}
+
+
+def _database_unreachable(error: BaseException) -> bool:
+    """True when ``error`` (or what caused it) is a lost or refused database connection, not a bad query."""
+    import sqlalchemy.exc
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class PatientRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage whose calls wait out a lost database (bounded backoff, one log line per retry).
+
+    After ``max_outage_seconds`` a call raises StoreUnavailable. A lost commit acknowledgement (the database
+    dies between committing and answering) can still surface as an error on the retry; that window is tiny.
+    """
+
+    def __init__(self, url: str, *, max_outage_seconds: float = MAX_OUTAGE_SECONDS, **kwargs: Any) -> None:
+        import sqlalchemy.exc
+
+        self.max_outage_seconds = max_outage_seconds
+        for attempt in range(5):
+            try:
+                super().__init__(url, **kwargs)
+                return
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # Workers starting together on an empty database race to create Optuna's tables; the losers'
+                # CREATE fails on a duplicate name, and a second look finds the tables there.
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 + attempt)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Record a heartbeat; past the outage budget, stop quietly (the worker's own next call says why)."""
+        try:
+            self._patiently(lambda: optuna.storages.RDBStorage.record_heartbeat(self, trial_id))
+        except StoreUnavailable:
+            log.debug("heartbeat of trial %d not recorded: the database is unreachable", trial_id)
+            raise SystemExit from None  # ends the heartbeat thread without a traceback
+
+    def _patiently(self, call: Callable[[], Any]) -> Any:
+        return call_patiently(
+            call,
+            store="storage",
+            label=f"Optuna storage {redact(self.url)}",
+            is_transient=_database_unreachable,
+            max_outage_seconds=self.max_outage_seconds,
+            secret_url=self.url,
+        )
+
+
+def _patient_method(name: str) -> Callable[..., Any]:
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def patient(self: PatientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._patiently(lambda: method(self, *args, **kwargs))
+
+    return patient
+
+
+# Every storage call a worker makes while optimizing, and the heartbeat thread's two.
+for _name in (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_all_trials",
+    "get_best_trial",
+    "_get_stale_trial_ids",
+):
+    setattr(PatientRDBStorage, _name, _patient_method(_name))
 
 
 def open_study(plan: SweepPlan, worker_index: int = 0) -> tuple[optuna.Study, bool]:
     """Create the study, or load it to resume; returns (study, whether this call created it)."""
     settings = plan.config.study
-    storage = open_storage(plan.storage_url)
-    pruner = PRUNERS[settings.pruner]()
+    storage = open_storage(
+        plan.storage_url,
+        heartbeat_interval=plan.heartbeat_interval,
+        grace_period=plan.grace_period,
+        on_stale_trial=_OnStaleTrial(plan),
+        max_outage_seconds=plan.max_outage_seconds,
+    )
+    pruner = PRUNERS[settings.pruner](settings.pruner_startup_trials, settings.pruner_warmup_epochs)
     try:
         study = optuna.create_study(
             storage=storage, pruner=pruner, study_name=settings.name, direction=settings.direction
@@ -137,10 +318,37 @@ def open_study(plan: SweepPlan, worker_index: int = 0) -> tuple[optuna.Study, bo
                 f"study {settings.name!r} exists with direction {study.direction.name.lower()}, "
                 f"the config says {settings.direction}"
             ) from None
-    # A resumed study or a second worker must not replay the first command's random draws.
+    # A resumed study or a second worker must not replay the first command's random draws. Commands that join
+    # at the same moment (other machines) see the same trial count, so a joiner's seed also gets a random part;
+    # only the command that creates a study draws reproducibly.
     seed_offset = len(study.get_trials(deepcopy=False)) + 10_007 * worker_index
+    if not created:
+        seed_offset += secrets.randbits(30)
     study.sampler = SAMPLERS[settings.sampler](settings.seed + seed_offset)
     return study, created
+
+
+class _OnStaleTrial:
+    """A trial's worker died (no heartbeat for the grace period): retry the trial once, end its run as KILLED."""
+
+    def __init__(self, plan: SweepPlan) -> None:
+        self.plan = plan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+        self.tracker: SweepTracker | None = None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        retried = len(trial.system_attrs.get("retry_history", []))
+        reason = f"its worker sent no heartbeat for {self.plan.grace_period} s (killed, or lost its machine)"
+        log.warning("trial %d failed: %s; %s", trial.number, reason, "retrying it" if not retried else "not retried")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry(study, trial)
+        if self.plan.tracking_uri is not None:
+            if self.tracker is None:
+                self.tracker = SweepTracker(self.plan.tracking_uri, study.study_name, self.plan.max_outage_seconds)
+            self.tracker.end_lost_trial(study, trial, reason)
 
 
 @functools.lru_cache(maxsize=4)
@@ -180,6 +388,7 @@ def run_trial(
             optimizer=params["optimizer"],
             callbacks=[trial_run.log_epoch, best.update, report],
             optimizer_options=optimizer_options,
+            divergence_threshold=config.training.divergence_threshold,
         )
         tracker.log_trial_result(trial_run, metric, best.value, best.weights)
     return best.value
@@ -201,7 +410,9 @@ class _BestEpoch:
 
 
 def _make_tracker(plan: SweepPlan) -> SweepTracker | NullTracker:
-    return SweepTracker(plan.tracking_uri, plan.config.study.name) if plan.tracking_uri else NullTracker()
+    if plan.tracking_uri is None:
+        return NullTracker()
+    return SweepTracker(plan.tracking_uri, plan.config.study.name, plan.max_outage_seconds)
 
 
 def _optimize(
@@ -228,7 +439,11 @@ def _worker_main(plan: SweepPlan, worker_index: int, n_trials: int, threads: int
         tracker.attach(parent_run_id)
     # On SIGINT the interrupted trial and its run are closed on the way out; the parent process reports it.
     with contextlib.suppress(KeyboardInterrupt):
-        _optimize(study, plan, tracker, n_trials)
+        try:
+            _optimize(study, plan, tracker, n_trials)
+        except StoreUnavailable as lost:
+            log.error("%s", lost)
+            sys.exit(_LOST_STORE_EXIT)
 
 
 def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
@@ -253,6 +468,11 @@ def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
         progress.close()
         tracker.end_sweep("KILLED")
         raise SweepInterrupted(config.study.name) from None
+    except StoreUnavailable as lost:
+        progress.close()
+        if lost.store == "storage":  # the tracking server can still be told; one that is gone cannot
+            tracker.end_sweep("FAILED")
+        raise
     except BaseException:
         progress.close()
         tracker.end_sweep("FAILED")
@@ -300,6 +520,9 @@ def _run_workers(
                 process.terminate()
         raise
     _show_progress(progress, study, baseline)
+    lost = [process.name for process in processes if process.exitcode == _LOST_STORE_EXIT]
+    if lost:
+        raise StoreUnavailable(f"worker processes {', '.join(lost)} gave up on an unreachable store (see above)", "")
     failed = [process.name for process in processes if process.exitcode != 0]
     if failed:
         raise RuntimeError(f"worker processes {', '.join(failed)} exited with an error; see the log above")
@@ -327,8 +550,8 @@ def _fixed_params(config: SweepConfig) -> dict[str, Any]:
 def _summarize(study: optuna.Study, plan: SweepPlan, tracker: Any, started: float) -> SweepSummary:
     trials = study.get_trials(deepcopy=False)
     counts = {
-        state.name.lower(): sum(t.state == state for t in trials)
-        for state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+        name: sum(trial.state == state for trial in trials)
+        for name, state in zip(("complete", "pruned", "failed"), FINISHED_STATES, strict=True)
     }
     frame = study.trials_dataframe(attrs=("number", "value", "params", "state", "duration"))
     if len(frame):
@@ -340,15 +563,16 @@ def _summarize(study: optuna.Study, plan: SweepPlan, tracker: Any, started: floa
     best_trial = study.best_trial if counts["complete"] else None
     test_accuracy = None
     files: list[Path] = []
+    report = not _other_workers_running(study)
     with tempfile.TemporaryDirectory(prefix="trainlib-report-") as folder_name:
         folder = Path(folder_name)
-        if len(frame):
+        if len(frame) and report:
             csv_path = folder / "trials.csv"
             study.trials_dataframe().to_csv(csv_path, index=False)
             files.append(csv_path)
             files.extend(_plot_study(study, folder))
         tracker.log_summary(counts, files)
-    if best_trial is not None:
+    if best_trial is not None and report:
         test_accuracy = _test_best_model(best_trial, plan.config, tracker)
     return SweepSummary(
         study_name=study.study_name,
@@ -360,7 +584,22 @@ def _summarize(study: optuna.Study, plan: SweepPlan, tracker: Any, started: floa
         parent_run_id=tracker.parent_run_id,
         tracking_uri=plan.tracking_uri,
         seconds=time.perf_counter() - started,
+        report_deferred=not report,
     )
+
+
+def _other_workers_running(study: optuna.Study) -> bool:
+    """True while other commands (other machines) still run trials of the study: the last to finish reports.
+
+    Only with heartbeats (PostgreSQL/MySQL) is a RUNNING trial known to be alive: a dead worker's trial is
+    failed here once its grace period has passed. Without heartbeats every command writes the report.
+    """
+    if not is_heartbeat_enabled(study._storage):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
 
 def _plot_study(study: optuna.Study, folder: Path) -> list[Path]:

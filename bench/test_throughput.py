@@ -1,0 +1,111 @@
+"""Epoch throughput over the grid: device × workload × loader × DataLoader workers (× host memory on CUDA).
+
+Each round times exactly one full training epoch (trainlib's train_one_epoch: forward, backward and Adam step
+over the whole training split) after warm-up epochs; the timer synchronises CUDA (bench.support).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from bench.support import epoch_record, hardware_name, synchronized_perf_counter
+from trainlib.data import make_loader
+from trainlib.engine import train_one_epoch
+from trainlib.models import build_model
+from trainlib.optim import build_optimizer
+
+pytestmark = [
+    pytest.mark.benchmark(timer=synchronized_perf_counter),
+    pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning"),  # more workers than cores, on purpose
+]
+
+# Benchmark name -> make_loader's loader argument.
+LOADERS = {"torch": "torch", "trainlib": "auto"}
+NEEDS_CUDA = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason=f"CUDA is not available on this machine (torch {torch.__version__})"
+)
+NUM_FEATURES, NUM_CLASSES, LEARNING_RATE = 40, 10, 1e-3
+
+
+def grid(workers: list[int]) -> Iterator[tuple[tuple[str, str, str, int, str], str, bool]]:
+    """The sensible cases as (values, id, needs CUDA).
+
+    On-the-fly data is not a TensorDataset, so make_loader's 'auto' is torch's DataLoader there: one loader.
+    Host memory (pinned, pageable, or the whole dataset resident on the GPU) matters on CUDA only; resident
+    needs in-memory tensors, trainlib's loader and no workers.
+    """
+    for device in ("cpu", "cuda"):
+        memories = ("pageable", "pinned", "resident") if device == "cuda" else ("pageable",)
+        for workload in ("in_memory", "on_the_fly"):
+            for loader in ("torch", "trainlib") if workload == "in_memory" else ("torch",):
+                for num_workers in workers:
+                    for memory in memories:
+                        if memory == "resident" and (workload != "in_memory" or loader != "trainlib" or num_workers):
+                            continue
+                        case_id = f"{device}-{workload}-{loader}_loader-{num_workers}_workers"
+                        if device == "cuda":
+                            case_id += f"-{memory}"
+                        yield (device, workload, loader, num_workers, memory), case_id, device == "cuda"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize test_epoch_throughput with the grid for --workers."""
+    if metafunc.definition.name != "test_epoch_throughput":
+        return
+    cases = [
+        pytest.param(*values, id=case_id, marks=[NEEDS_CUDA] if needs_cuda else [])
+        for values, case_id, needs_cuda in grid(metafunc.config.getoption("--workers"))
+    ]
+    metafunc.parametrize("device,workload,loader,num_workers,memory", cases)
+
+
+def test_epoch_throughput(
+    benchmark, request: pytest.FixtureRequest, device: str, workload: str, loader: str, num_workers: int, memory: str
+) -> None:
+    """Median time of one training epoch of cnn1d with Adam for this case."""
+    config = request.config
+    dataset = request.getfixturevalue(f"{workload}_train")
+    batch_size = config.getoption("--batch-size")
+    torch.manual_seed(0)
+    train_loader = make_loader(
+        dataset,
+        batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+        pin_memory=memory == "pinned",
+        device=device,
+        loader=LOADERS[loader],
+        resident=memory == "resident",
+        seed=0,
+    )
+    model = build_model("cnn1d", NUM_FEATURES, NUM_CLASSES).to(device)
+    optimizer = build_optimizer("adam", model.parameters(), LEARNING_RATE)
+    benchmark.group = workload
+    mean_loss = benchmark.pedantic(
+        train_one_epoch,
+        args=(model, train_loader, nn.CrossEntropyLoss(), optimizer, device),
+        rounds=config.getoption("--rounds"),
+        warmup_rounds=config.getoption("--warmup-rounds"),
+        iterations=1,
+    )
+    benchmark.extra_info.update(
+        epoch_record(
+            benchmark,
+            device=device,
+            device_name=hardware_name(device),
+            workload=workload,
+            loader=loader,
+            num_workers=num_workers,
+            memory=memory,
+            batch_size=batch_size,
+            dataset_size=len(dataset),
+            warmup_rounds=config.getoption("--warmup-rounds"),
+            torch_threads=torch.get_num_threads(),
+        )
+    )
+    assert math.isfinite(mean_loss), "a diverged epoch must not pass as a fast one"

@@ -1,0 +1,144 @@
+"""End to end: the quick bench grid writes pytest-benchmark JSON; write_reports turns it into files and MLflow runs."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from trainlib.bench_report import EXPERIMENT_NAME, write_reports
+from trainlib.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+GRID_CASES = {
+    f"test_epoch_throughput[cpu-{workload}-{loader}_loader-{workers}_workers]"
+    for workload, loader in (("in_memory", "torch"), ("in_memory", "trainlib"), ("on_the_fly", "torch"))
+    for workers in (0, 2)
+}
+PARITY_CASES = {f"test_parity_{loop}[cpu]" for loop in ("trainlib", "eager", "seed")}
+RECORD_KEYS = {
+    "samples_per_second",
+    "batch_size",
+    "dataset_size",
+    "device_name",
+    "num_workers",
+    "loader",
+    "workload",
+    "device",
+}
+MACHINE_KEYS = {"torch_version", "cuda_version", "gpu_name", "gpu_count", "cpu_model", "cpu_count", "torch_num_threads"}
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run `pytest bench --quick` (the grid of make bench-quick) once; return its JSON path and document."""
+    json_path = tmp_path_factory.mktemp("bench") / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "bench",
+            "--quick",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--benchmark-json={json_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return {"path": json_path, "document": json.loads(json_path.read_text()), "output": result.stdout}
+
+
+def test_quick_bench_records_every_cpu_case_with_its_throughput(quick_bench):
+    document = quick_bench["document"]
+    benchmarks = {bench["name"]: bench for bench in document["benchmarks"]}
+
+    assert {name for name in benchmarks if "[cpu" in name} == GRID_CASES | PARITY_CASES
+    if not torch.cuda.is_available():
+        assert set(benchmarks) == GRID_CASES | PARITY_CASES
+        assert "CUDA is not available on this machine" in quick_bench["output"]  # the skip reason is shown
+    for name, bench in benchmarks.items():
+        extra = bench["extra_info"]
+        assert set(extra) >= RECORD_KEYS, name
+        assert extra["samples_per_second"] == pytest.approx(extra["dataset_size"] / bench["stats"]["median"])
+        assert bench["stats"]["rounds"] == 2
+        assert bench["options"]["timer"] == "synchronized_perf_counter"  # the CUDA-synchronising timer is in use
+    assert (
+        benchmarks["test_epoch_throughput[cpu-in_memory-torch_loader-0_workers]"]["extra_info"]["dataset_size"] == 2000
+    )
+    assert benchmarks["test_epoch_throughput[cpu-on_the_fly-torch_loader-2_workers]"]["extra_info"]["num_workers"] == 2
+    assert set(document["machine_info"]) >= MACHINE_KEYS
+    assert document["machine_info"]["torch_num_threads"] == 1
+
+
+def test_write_reports_writes_tables_chart_and_mlflow_runs(quick_bench, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAINLIB_MLRUNS_DIR", str(tmp_path / "mlruns"))  # where the experiment's artifacts go
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    report = write_reports(quick_bench["path"], tmp_path / "reports", tracking_uri)
+
+    names = {bench["name"] for bench in quick_bench["document"]["benchmarks"]}
+    markdown = report.markdown.read_text()
+    assert "## in_memory: 2,000 training samples per epoch" in markdown
+    assert "## on_the_fly: 400 training samples per epoch" in markdown
+    assert "| cpu | - | trainlib | 2 |" in markdown and "| cpu | - | torch | 0 |" in markdown
+    assert markdown.count("Best on this machine: **") == 2
+    assert "(a)/(b) epoch time = " in markdown and "as fast as (c)" in markdown
+    with report.csv.open() as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == names
+    assert float(rows["test_epoch_throughput[cpu-in_memory-torch_loader-0_workers]"]["speedup"]) == 1.0
+    assert report.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and report.chart.stat().st_size > 10_000
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    assert experiment.artifact_location == (tmp_path / "mlruns" / "artifacts" / EXPERIMENT_NAME).as_uri()
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == report.run_id]
+    assert [run.info.run_id for run in parents] == [report.run_id]
+    parent = parents[0]
+    assert parent.data.params["torch_version"] == quick_bench["document"]["machine_info"]["torch_version"]
+    assert {"cpu_model", "cpu_count", "gpu_count", "torch_num_threads"} <= set(parent.data.params)
+    artifacts = {item.path for item in client.list_artifacts(report.run_id)}
+    assert {"throughput.md", "throughput.csv", "throughput.png"} <= artifacts
+    assert {run.info.run_name for run in children} == names
+    for child in children:
+        row = rows[child.info.run_name]
+        params, metrics = child.data.params, child.data.metrics
+        assert {key: params[key] for key in ("device", "num_workers", "workload", "loader", "batch_size")} == {
+            key: row[key] for key in ("device", "num_workers", "workload", "loader", "batch_size")
+        }
+        assert metrics["samples_per_second"] == pytest.approx(float(row["samples_per_second"]), rel=1e-5)
+        assert metrics["median_epoch_seconds"] == pytest.approx(float(row["median_epoch_seconds"]), rel=1e-5)
+
+    again = write_reports(quick_bench["path"], tmp_path / "reports", tracking_uri)
+
+    assert again.run_id == report.run_id  # the same bench run is not logged twice
+    assert len(client.search_runs([experiment.experiment_id], max_results=100)) == len(runs)
+
+
+@pytest.mark.parametrize("content", [None, "not json", '{"benchmarks": []}'], ids=["missing", "not-json", "no-cases"])
+def test_bench_report_command_rejects_a_bad_file_in_one_line(content, tmp_path, capsys):
+    json_path = tmp_path / "results.json"
+    if content is not None:
+        json_path.write_text(content)
+    out_dir = tmp_path / "reports"
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench-report", str(json_path), "--out-dir", str(out_dir), "--no-tracking"])
+
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("trainlib: error: benchmark results file") and "\n" not in error
+    assert not out_dir.exists()

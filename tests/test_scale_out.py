@@ -1,0 +1,514 @@
+"""Scale-out with the real thing: PostgreSQL for Optuna, `mlflow server` for tracking, `trainlib sweep` workers.
+
+Every worker is its own `trainlib sweep` process, as it would be on its own machine. PostgreSQL runs from
+initdb/pg_ctl in a temporary folder as an unprivileged user; the tracking server is `trainlib server` (the
+command `make server` runs) on a free loopback port. Both are shared by the tests of this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+from trainlib.stores import redact, with_installed_driver
+
+pytestmark = pytest.mark.slow
+
+TRAINLIB = str(Path(sys.executable).parent / "trainlib")
+DB_USER = "trainlib"
+PASSWORD = "Pg-s3cret-never-logged"  # must not appear in any MLflow param, tag, artifact or log
+EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second")
+# Heartbeats every second, a dead worker's trial failed after 3 s without one (defaults: 10 s / 30 s).
+FAST_HEARTBEATS = ("--heartbeat-interval", "1", "--grace-period", "3")
+TINY_CONFIG = """\
+[study]
+name = "placeholder"
+direction = "maximize"
+metric = "val_accuracy"
+n_trials = 4
+sampler = "random"
+pruner = "none"
+
+[data]
+dataset = "digits"
+
+[model]
+name = "mlp"
+hidden_sizes = [16]
+
+[training]
+epochs = {epochs}
+device = "cpu"
+
+[search]
+lr = {{ low = 1e-3, high = 3e-2 }}
+batch_size = [64, 128]
+optimizer = ["sgd", "adam"]
+momentum = {{ low = 0.0, high = 0.9 }}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(condition: object, timeout: float, what: str, interval: float = 0.2) -> object:
+    """Poll ``condition()`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+# ---- PostgreSQL ----
+
+
+def postgres_program(name: str) -> str:
+    found = shutil.which(name) or (sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [None])[-1]
+    if found is None:
+        pytest.fail(f"PostgreSQL's {name} not found; `make system-deps` installs it")
+    return found
+
+
+def unprivileged_user() -> pwd.struct_passwd | None:
+    """The account PostgreSQL runs as (initdb refuses root); None when the tests already run unprivileged."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "trainlib-pg"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "trainlib-pg"], check=True
+    )
+    return pwd.getpwnam("trainlib-pg")
+
+
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL cluster on a loopback port, password-protected."""
+
+    folder: Path
+    port: int
+    account: pwd.struct_passwd | None
+
+    def pg_ctl(self, *args: str) -> None:
+        self._run(postgres_program("pg_ctl"), "-D", str(self.folder / "data"), *args)
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off -c full_page_writes=off"
+        self.pg_ctl("-l", str(self.folder / "postgres.log"), "-o", options, "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        self.pg_ctl("-m", "fast", "-w", "-t", "60", "stop")
+
+    def url(self) -> str:
+        return f"postgresql://{DB_USER}:{PASSWORD}@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *command: str) -> None:
+        owner = {"user": self.account.pw_uid, "group": self.account.pw_gid} if self.account else {}
+        subprocess.run(command, check=True, capture_output=True, cwd=self.folder, **owner)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL server for the session (initdb + pg_ctl as an unprivileged user), stopped at the end."""
+    account = unprivileged_user()
+    folder = Path(tempfile.mkdtemp(prefix="trainlib-pg-"))
+    if account:
+        os.chown(folder, account.pw_uid, account.pw_gid)
+    server = Postgres(folder, free_port(), account)
+    password_file = folder / "password"
+    password_file.write_text(PASSWORD + "\n")
+    if account:
+        os.chown(password_file, account.pw_uid, account.pw_gid)
+    server._run(
+        postgres_program("initdb"),
+        *("-D", str(folder / "data"), "-U", DB_USER, f"--pwfile={password_file}", "--auth=scram-sha-256"),
+        *("-E", "UTF8", "--no-sync"),
+    )
+    server.start()
+    yield server
+    with contextlib.suppress(subprocess.CalledProcessError):  # a test left it stopped
+        server.pg_ctl("-m", "immediate", "stop")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---- the MLflow tracking server ----
+
+
+@dataclass
+class TrackingServer:
+    """`trainlib server` (what `make server` runs) on a loopback port, with a sqlite backend in a tmp folder."""
+
+    folder: Path
+    port: int
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        command = [
+            *(TRAINLIB, "server", "--port", str(self.port)),
+            *("--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}"),
+            *("--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"),
+        ]
+        # Its own session, so that kill() takes uvicorn's worker processes down with it.
+        with open(self.folder / "server.log", "a") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self._healthy, 240, f"the tracking server on port {self.port}", interval=0.5)
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"tracking server exited: {(self.folder / 'server.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers, as a crash would."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        wait_for(lambda: not self._port_in_use(), 30, "the tracking server's port to close")
+
+    def _port_in_use(self) -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer]:
+    """A real `mlflow server --serve-artifacts` for the session, killed at the end."""
+    server = TrackingServer(tmp_path_factory.mktemp("mlflow-server"), free_port())
+    server.start()
+    yield server
+    server.kill()
+
+
+# ---- workers ----
+
+
+def write_config(folder: Path, epochs: int = 3) -> Path:
+    path = folder / "tiny.toml"
+    path.write_text(TINY_CONFIG.format(epochs=epochs))
+    return path
+
+
+def start_worker(
+    config: Path, study: str, storage: str, tracking_uri: str, log: Path, *options: str
+) -> subprocess.Popen:
+    """One `trainlib sweep` command, as on its own machine; its output goes to ``log``."""
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env.update(TRAINLIB_MLRUNS_DIR=str(log.parent / "mlruns"), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    command = [TRAINLIB, "sweep", str(config), "--study-name", study, "--storage", storage]
+    command += ["--tracking-uri", tracking_uri, "--no-progress", *options]
+    with open(log, "w") as output:
+        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+
+
+def finish(workers: list[subprocess.Popen], logs: list[Path], timeout: float = 240) -> None:
+    """Wait for every worker; fail with the log of one that exits non-zero."""
+    deadline = time.monotonic() + timeout
+    for worker, log in zip(workers, logs, strict=True):
+        worker.wait(timeout=max(1, deadline - time.monotonic()))
+        assert worker.returncode == 0, f"{log.name} exited {worker.returncode}:\n{log.read_text()[-3000:]}"
+
+
+def study_trials(postgres: Postgres, study: str) -> list[optuna.trial.FrozenTrial]:
+    storage = optuna.storages.RDBStorage(with_installed_driver(postgres.url()))
+    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+
+
+def experiment_runs(client: MlflowClient, study: str) -> tuple[list[object], list[object]]:
+    """(parent runs, child runs) of the study's experiment, deleted ones included."""
+    experiment = client.get_experiment_by_name(study)
+    runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+    parents = [run for run in runs if run.data.tags.get("trainlib.role") == "study"]
+    children = [run for run in runs if run.data.tags.get("trainlib.role") == "trial"]
+    assert len(parents) + len(children) == len(runs), "runs that are neither the parent nor a trial"
+    return parents, children
+
+
+def runs_of_worker(client: MlflowClient, study: str, worker: subprocess.Popen, status: str = "") -> list[object]:
+    """The child runs a worker process created (optionally only those with ``status``)."""
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        return []
+    filter_string = f"tags.`trainlib.worker` = '{socket.gethostname()}:{worker.pid}'"
+    if status:
+        filter_string += f" and attributes.status = '{status}'"
+    return client.search_runs([experiment.experiment_id], filter_string=filter_string)
+
+
+# ---- three workers, one study, and the tracking server restarted under them ----
+
+
+@dataclass
+class ThreeWorkerSweep:
+    study: str
+    epochs: int
+    logs: list[Path]
+
+
+@pytest.fixture(scope="module")
+def three_worker_sweep(
+    postgres: Postgres, tracking_server: TrackingServer, tmp_path_factory: pytest.TempPathFactory
+) -> ThreeWorkerSweep:
+    """Three `trainlib sweep --n-trials 4` commands started at once on one study (a fresh database).
+
+    Once every worker is in its trials, the tracking server is killed (SIGKILL) and started again on the same
+    port. One sweep serves the counting, metric and password tests: on two CPU cores each worker process costs
+    tens of seconds of start-up, so the scenarios share it.
+    """
+    folder = tmp_path_factory.mktemp("three-workers")
+    epochs = 3
+    config = write_config(folder, epochs=epochs)
+    client = MlflowClient(tracking_server.url)
+    logs = [folder / f"worker-{index}.log" for index in range(3)]
+    workers = [
+        start_worker(config, "three", postgres.url(), tracking_server.url, log, "--n-trials", "4") for log in logs
+    ]
+    wait_for(lambda: all(runs_of_worker(client, "three", worker) for worker in workers), 180, "every worker's trial")
+    tracking_server.kill()
+    time.sleep(2)  # the workers notice while it is down
+    tracking_server.start()
+    finish(workers, logs)
+    return ThreeWorkerSweep("three", epochs, logs)
+
+
+def test_three_workers_make_twelve_trials_and_twelve_child_runs_under_one_parent(
+    three_worker_sweep: ThreeWorkerSweep, postgres: Postgres, tracking_server: TrackingServer
+) -> None:
+    trials = study_trials(postgres, three_worker_sweep.study)
+    assert sorted(trial.number for trial in trials) == list(range(12))
+    assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
+    # Commands that join at once must not replay each other's draws.
+    assert len({tuple(sorted(trial.params.items())) for trial in trials}) == 12, "workers drew the same params"
+
+    client = MlflowClient(tracking_server.url)
+    parents, children = experiment_runs(client, three_worker_sweep.study)
+    assert len(parents) == 1, f"{len(parents)} parent runs"
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 12
+    assert {child.data.tags["mlflow.parentRunId"] for child in children} == {parent.info.run_id}
+    assert {child.info.status for child in children} == {"FINISHED"}
+    by_number = {int(child.data.tags["optuna.trial_number"]): child.info.run_id for child in children}
+    assert by_number == {trial.number: trial.user_attrs["mlflow_run_id"] for trial in trials}, "orphan child runs"
+    # The command that finished last (no trial running anywhere) wrote the report, and it lists all 12 trials.
+    reported = [path.path for path in client.list_artifacts(parent.info.run_id, "report")]
+    assert "report/trials.csv" in reported
+    trials_csv = Path(client.download_artifacts(parent.info.run_id, "report/trials.csv", str(tempfile.mkdtemp())))
+    assert len(trials_csv.read_text().strip().splitlines()) == 1 + 12
+
+
+def test_tracking_server_restart_mid_sweep_loses_no_epoch_metric(
+    three_worker_sweep: ThreeWorkerSweep, tracking_server: TrackingServer
+) -> None:
+    retry_lines = [
+        line
+        for log in three_worker_sweep.logs
+        for line in log.read_text().splitlines()
+        if f"tracking server {tracking_server.url} unreachable, retrying in" in line
+    ]
+    assert retry_lines, "no worker logged that it waited for the tracking server"
+    client = MlflowClient(tracking_server.url)
+    _, children = experiment_runs(client, three_worker_sweep.study)
+    assert len(children) == 12
+    for child in children:
+        for key in EPOCH_METRICS:
+            steps = sorted(metric.step for metric in client.get_metric_history(child.info.run_id, key))
+            assert steps == list(range(1, three_worker_sweep.epochs + 1)), f"{key} of {child.info.run_name}: {steps}"
+
+
+def test_storage_password_appears_in_no_param_tag_artifact_or_log(
+    three_worker_sweep: ThreeWorkerSweep, tracking_server: TrackingServer, postgres: Postgres, tmp_path: Path
+) -> None:
+    client = MlflowClient(tracking_server.url)
+    parents, children = experiment_runs(client, three_worker_sweep.study)
+    for run in [*parents, *children]:
+        for key, value in [*run.data.params.items(), *run.data.tags.items()]:
+            assert PASSWORD not in value, f"password in {key} of run {run.info.run_name}"
+        folder = tmp_path / run.info.run_id
+        client.download_artifacts(run.info.run_id, "", str(folder))
+        for path in folder.rglob("*"):
+            if path.is_file():
+                assert PASSWORD.encode() not in path.read_bytes(), f"password in artifact {path.name}"
+    assert parents[0].data.tags["optuna_storage"] == redact(with_installed_driver(postgres.url()))
+    for log in [*three_worker_sweep.logs, tracking_server.folder / "server.log"]:
+        assert PASSWORD not in log.read_text(), f"password in {log.name}"
+
+
+def test_concurrent_starts_on_a_study_without_parent_agree_on_one(
+    postgres: Postgres, tracking_server: TrackingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many commands joining a study nobody made a parent run for (e.g. created with --no-tracking): one wins."""
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    from trainlib.sweep import open_storage
+    from trainlib.tracking import SweepTracker
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)  # SweepTracker sets it for this process
+    storage_url = with_installed_driver(postgres.url())
+    optuna.create_study(study_name="orphan", storage=open_storage(storage_url))
+    config = write_config(tmp_path)
+    barrier = threading.Barrier(4)
+    parent_ids: list[str] = []
+
+    def join() -> None:
+        study = optuna.load_study(study_name="orphan", storage=open_storage(storage_url))
+        tracker = SweepTracker(tracking_server.url, "orphan")
+        barrier.wait()
+        parent_ids.append(tracker.start_sweep(study, False, {"study.name": "orphan"}, {}, config))
+
+    threads = [threading.Thread(target=join) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(parent_ids) == 4 and len(set(parent_ids)) == 1, parent_ids
+    parents, _ = experiment_runs(MlflowClient(tracking_server.url), "orphan")
+    assert [parent.info.run_id for parent in parents] == parent_ids[:1]
+    assert not [name for name in optuna.get_all_study_names(storage_url) if name.startswith("orphan:")], "claim left"
+
+
+# ---- failures: a killed worker, a restarted tracking server, a restarted database ----
+
+
+def test_sigkilled_worker_trial_fails_within_grace_and_is_retried_once(
+    postgres: Postgres, tracking_server: TrackingServer, tmp_path: Path
+) -> None:
+    study, grace_seconds = "killed", 3
+    config = write_config(tmp_path)
+    client = MlflowClient(tracking_server.url)
+    # The victim's trials are long (200 epochs), so that it is surely killed in the middle of one; the
+    # survivors' (6 trials of 10 epochs, ~1 s each) leave them trials to begin after the grace period, and the
+    # first of those finds the dead trial.
+    stores = (postgres.url(), tracking_server.url)
+    victim = start_worker(config, study, *stores, tmp_path / "victim.log", *FAST_HEARTBEATS, "--epochs", "200")
+    logs = [tmp_path / f"survivor-{index}.log" for index in range(2)]
+    survivor_options = (*FAST_HEARTBEATS, "--n-trials", "6", "--epochs", "10")
+    survivors = [start_worker(config, study, *stores, log, *survivor_options) for log in logs]
+    victim_run = wait_for(lambda: runs_of_worker(client, study, victim, "RUNNING"), 180, "the victim's trial")[0]
+    assert all(worker.poll() is None for worker in survivors), "survivors finished before the victim began"
+    victim.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    assert victim.wait(timeout=30) == -signal.SIGKILL
+    finish(survivors, logs)
+
+    trials = study_trials(postgres, study)
+    dead_number = int(victim_run.data.tags["optuna.trial_number"])
+    dead = next(trial for trial in trials if trial.number == dead_number)
+    assert dead.state == optuna.trial.TrialState.FAIL
+    # Failed at the first trial a survivor began after the grace period; no survivor trial took 15 s.
+    longest_survivor_trial = max(t.duration.total_seconds() for t in trials if t.number != dead_number)
+    assert dead.datetime_complete.timestamp() - killed_at < grace_seconds + longest_survivor_trial + 2
+    retries = [trial for trial in trials if trial.system_attrs.get("failed_trial") == dead_number]
+    assert len(retries) == 1, "the dead trial was not retried exactly once"
+    assert retries[0].params == dead.params and retries[0].state == optuna.trial.TrialState.COMPLETE
+    # The victim ran one trial (killed); the survivors ran 6 each, the retry among them.
+    states = sorted(trial.state.name for trial in trials)
+    assert states == ["COMPLETE"] * 12 + ["FAIL"], states
+
+    parents, children = experiment_runs(client, study)
+    assert len(parents) == 1 and len(children) == 13
+    statuses = {child.info.run_id: child.info.status for child in [*parents, *children]}
+    assert statuses.pop(victim_run.info.run_id) == "KILLED"
+    assert set(statuses.values()) == {"FINISHED"}, "a run stayed RUNNING"
+    killed_run = client.get_run(victim_run.info.run_id)
+    assert killed_run.data.tags["optuna.state"] == "FAIL"
+    assert "no heartbeat" in killed_run.data.tags["optuna.reason"]
+    retry_run = next(child for child in children if child.data.tags.get("optuna.retry_of") == str(dead_number))
+    assert retry_run.data.tags["optuna.trial_number"] == str(retries[0].number)
+
+
+def test_database_restart_mid_sweep_is_waited_out(
+    postgres: Postgres, tracking_server: TrackingServer, tmp_path: Path
+) -> None:
+    study = "db-restart"
+    config = write_config(tmp_path, epochs=6)
+    client = MlflowClient(tracking_server.url)
+    log = tmp_path / "worker.log"
+    worker = start_worker(config, study, postgres.url(), tracking_server.url, log, "--n-trials", "3")
+    wait_for(lambda: runs_of_worker(client, study, worker), 180, "the first trial")
+    postgres.stop()
+    try:
+        time.sleep(3)
+    finally:
+        postgres.start()
+    finish([worker], [log])
+
+    text = log.read_text()
+    assert f"Optuna storage {redact(with_installed_driver(postgres.url()))} unreachable, retrying in" in text
+    assert PASSWORD not in text
+    assert [trial.state.name for trial in study_trials(postgres, study)] == ["COMPLETE"] * 3
+
+
+def test_store_gone_for_good_ends_the_worker_with_one_line_and_exit_code_3(postgres: Postgres, tmp_path: Path) -> None:
+    dead_server = f"http://127.0.0.1:{free_port()}"
+    log = tmp_path / "worker.log"
+    started = time.monotonic()
+    worker = start_worker(write_config(tmp_path), "gone", postgres.url(), dead_server, log, "--max-outage", "3")
+    assert worker.wait(timeout=120) == 3
+    lines = log.read_text().strip().splitlines()
+    assert any(f"tracking server {dead_server} unreachable, retrying in 1 s (attempt 2/" in line for line in lines)
+    assert lines[-1].startswith(f"trainlib: error: tracking server {dead_server} unreachable for "), lines[-1]
+    assert "Traceback" not in log.read_text()
+    assert time.monotonic() - started < 100
+
+
+# ---- make server ----
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_server_serves_the_local_store_on_loopback_and_prints_no_password(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRAINLIB_MLRUNS_DIR": str(tmp_path / "mlruns")}
+    default = subprocess.run(
+        ["make", "-s", "server", "SERVER_ARGS=--dry-run"], cwd=root, env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert "-m mlflow server --host 127.0.0.1 --port 5000" in default
+    assert f"--backend-store-uri sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'} --serve-artifacts" in default
+    assert f"--artifacts-destination {tmp_path / 'mlruns' / 'artifacts'}" in default
+
+    database = f"postgresql://mlflow:{PASSWORD}@db.example:5432/mlflow"
+    custom = subprocess.run(
+        ["make", "-s", "server", "PORT=5099", f"BACKEND_STORE_URI={database}", "SERVER_ARGS=--dry-run"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--port 5099" in custom.stdout and "postgresql+psycopg2://mlflow:***@db.example:5432/mlflow" in custom.stdout
+    assert PASSWORD not in custom.stdout + custom.stderr
+    assert not (tmp_path / "mlruns").exists(), "a dry run created the store"

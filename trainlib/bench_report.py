@@ -1,0 +1,453 @@
+"""Turn a pytest-benchmark JSON file from bench/ into throughput tables (Markdown, CSV), a chart and MLflow runs.
+
+Not on the bench path: the bench itself runs without pandas, matplotlib or MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from trainlib.errors import InvalidArgument
+from trainlib.stores import redact, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_NAME = "throughput"
+MARKDOWN_FILE, CSV_FILE, CHART_FILE = "throughput.md", "throughput.csv", "throughput.png"
+CASE_KEYS = ("workload", "device", "loader", "num_workers", "batch_size", "dataset_size")
+# Speedups are relative to this case of the same workload: the seed's setup (torch's DataLoader, no workers, CPU).
+BASELINE_CASE = {"device": "cpu", "loader": "torch", "num_workers": 0}
+PARITY_SLOWDOWN_LIMIT = 1.03  # (a) trainlib within 3% of (b) the eager loop
+PARITY_SPEEDUP_TARGET = 1.10  # (a) trainlib at least 1.10x as fast as (c) the seed's loop
+MACHINE_PARAMS = (
+    "torch_version",
+    "cuda_version",
+    "cudnn_version",
+    "gpu_name",
+    "gpu_count",
+    "cpu_model",
+    "cpu_count",
+    "usable_cpu_count",
+    "torch_num_threads",
+    "python_version",
+    "numpy_version",
+    "mnist1d_version",
+    "pytest_benchmark_version",
+    "system",
+    "release",
+)
+
+
+@dataclass(frozen=True)
+class BenchResults:
+    """One bench run: its JSON document's metadata and one row per case."""
+
+    path: Path
+    sha256: str
+    machine_info: dict[str, Any]
+    commit_info: dict[str, Any]
+    datetime: str
+    cases: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """What write_reports produced: the files, and the MLflow parent run (None without tracking)."""
+
+    markdown: Path
+    csv: Path
+    chart: Path
+    run_id: str | None = None
+
+    @property
+    def files(self) -> tuple[Path, Path, Path]:
+        """The report files, Markdown first."""
+        return self.markdown, self.csv, self.chart
+
+
+def load_results(json_path: str | Path) -> BenchResults:
+    """Read a pytest-benchmark JSON file written by bench/; InvalidArgument if it is missing or not one."""
+    path = Path(json_path)
+    if not path.is_file():
+        raise InvalidArgument(f"benchmark results file {str(path)!r} does not exist")
+    raw = path.read_bytes()
+    try:
+        document = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidArgument(f"benchmark results file {str(path)!r} is not valid JSON: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("benchmarks"), list):
+        raise InvalidArgument(
+            f"benchmark results file {str(path)!r} is not pytest-benchmark JSON (no 'benchmarks' list)"
+        )
+    rows = [_case_row(bench) for bench in document["benchmarks"] if _is_bench_case(bench)]
+    if not rows:
+        raise InvalidArgument(
+            f"benchmark results file {str(path)!r} holds no bench/ cases (benchmarks with extra_info "
+            f"{', '.join(CASE_KEYS)} and timings); run 'make bench' to produce one"
+        )
+    cases = pd.DataFrame(rows)
+    cases["speedup"] = _speedups(cases)
+    return BenchResults(
+        path=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        machine_info=document.get("machine_info") or {},
+        commit_info=document.get("commit_info") or {},
+        datetime=str(document.get("datetime", "")),
+        cases=cases,
+    )
+
+
+def _is_bench_case(bench: Any) -> bool:
+    if not isinstance(bench, dict):
+        return False
+    extra, stats = bench.get("extra_info") or {}, bench.get("stats") or {}
+    return all(key in extra for key in CASE_KEYS) and all(
+        key in stats for key in ("median", "min", "q1", "q3", "rounds")
+    )
+
+
+def _case_row(bench: dict[str, Any]) -> dict[str, Any]:
+    extra, stats = bench["extra_info"], bench["stats"]
+    size = extra["dataset_size"]
+    return {
+        "name": bench["name"],
+        "group": bench.get("group") or "",
+        "workload": extra["workload"],
+        "device": extra["device"],
+        "device_name": extra.get("device_name", extra["device"]),
+        "memory": extra.get("memory", "pageable"),
+        "loader": extra["loader"],
+        "loop": extra.get("loop", ""),
+        "num_workers": int(extra["num_workers"]),
+        "batch_size": int(extra["batch_size"]),
+        "dataset_size": int(size),
+        "rounds": int(stats["rounds"]),
+        "warmup_rounds": int(extra.get("warmup_rounds", 0)),
+        "median_epoch_seconds": stats["median"],
+        "min_epoch_seconds": stats["min"],
+        "q1_epoch_seconds": stats["q1"],
+        "q3_epoch_seconds": stats["q3"],
+        "samples_per_second": size / stats["median"],
+        # Fast quartile minus slow quartile of the epoch times, in samples/s.
+        "samples_per_second_iqr": size / stats["q1"] - size / stats["q3"],
+    }
+
+
+def _is_parity(cases: pd.DataFrame) -> pd.Series:
+    return cases["group"].str.startswith("parity")
+
+
+def _speedups(cases: pd.DataFrame) -> pd.Series:
+    """samples/s over the workload's baseline case (NaN where that case did not run); parity rows excluded."""
+    grid = cases[~_is_parity(cases)]
+    speedups = pd.Series(math.nan, index=cases.index)
+    for _, rows in grid.groupby("workload"):
+        is_baseline = pd.Series(True, index=rows.index)
+        for key, value in BASELINE_CASE.items():
+            is_baseline &= rows[key] == value
+        if is_baseline.any():
+            speedups[rows.index] = rows["samples_per_second"] / rows.loc[is_baseline, "samples_per_second"].iloc[0]
+    return speedups
+
+
+def write_reports(
+    json_path: str | Path, out_dir: str | Path = "bench/reports", tracking_uri: str | None = None, *, track: bool = True
+) -> BenchReport:
+    """Write throughput.md, throughput.csv and throughput.png to ``out_dir``; with ``track``, log MLflow runs.
+
+    The MLflow experiment 'throughput' gets one parent run per bench run (machine info, the report files)
+    and one child run per case. A bench run already logged (same JSON content) is not logged twice.
+    """
+    results = load_results(json_path)
+    uri = resolve_tracking_uri(tracking_uri) if track else None  # validated before anything is written
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = BenchReport(markdown=out / MARKDOWN_FILE, csv=out / CSV_FILE, chart=out / CHART_FILE)
+    report.markdown.write_text(render_markdown(results), encoding="utf-8")
+    results.cases.to_csv(report.csv, index=False, float_format="%.6g")
+    plot_throughput(results, report.chart)
+    log.debug("wrote %s", ", ".join(str(path) for path in report.files))
+    if uri is None:
+        return report
+    run_id = log_to_mlflow(results, report, uri)
+    return BenchReport(report.markdown, report.csv, report.chart, run_id)
+
+
+# ---- Markdown ----
+
+
+def render_markdown(results: BenchResults) -> str:
+    """The human report: one throughput table per workload, then the loop-parity comparison if it ran."""
+    cases = results.cases
+    grid, parity = cases[~_is_parity(cases)], cases[_is_parity(cases)]
+    machine = results.machine_info
+    commit = results.commit_info
+    commit_text = (
+        f", commit {str(commit.get('id', ''))[:7]}{' (dirty)' if commit.get('dirty') else ''}" if commit else ""
+    )
+    rounds = _listing(cases["rounds"])
+    if len(grid) and len(parity):
+        rounds = f"{_listing(grid['rounds'])} ({_listing(parity['rounds'])} for the parity loops)"
+    gpus = f"{machine['gpu_name']} ×{machine['gpu_count']}" if machine.get("gpu_count") else "none"
+    lines = [
+        "# Epoch throughput",
+        "",
+        f"Bench run {results.datetime} (`{results.path.name}`){commit_text}.",
+        f"Machine: {machine.get('cpu_model', 'unknown CPU')}, {machine.get('usable_cpu_count', '?')} usable cores; "
+        f"torch {machine.get('torch_version', '?')} with {machine.get('torch_num_threads', '?')} intra-op thread(s); "
+        f"CUDA {machine.get('cuda_version', 'none')}; GPU: {gpus}.",
+        "",
+        f"One round is one full training epoch (forward, backward, Adam step) of cnn1d at batch size "
+        f"{_listing(cases['batch_size'])}; samples/s is the training split's size over the median of {rounds} "
+        f"timed epochs, after {_listing(cases['warmup_rounds'])} warm-up epoch(s). IQR is the spread between the "
+        "fast and slow quartile epochs, in samples/s. Speedup is over the same workload's cpu / torch loader / "
+        "0 workers case.",
+    ]
+    if not machine.get("cuda_available", False):
+        lines += ["", "No GPU here: the CUDA cases (pinned, pageable and GPU-resident memory) were skipped."]
+    for workload, rows in grid.groupby("workload", sort=False):
+        lines += ["", *_workload_section(str(workload), rows)]
+    if not parity.empty:
+        for device, rows in parity.groupby("device", sort=False):
+            lines += ["", *_parity_section(str(device), rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _listing(values: pd.Series) -> str:
+    return ", ".join(str(value) for value in sorted(values.unique()))
+
+
+def _workload_section(workload: str, rows: pd.DataFrame) -> list[str]:
+    rows = rows.sort_values(["device", "memory", "loader", "num_workers"])
+    lines = [
+        f"## {workload}: {rows['dataset_size'].iloc[0]:,} training samples per epoch",
+        "",
+        "| device | memory | loader | workers | samples/s (median) | IQR (samples/s) | speedup |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows.itertuples():
+        memory = row.memory if row.device != "cpu" else "-"
+        speedup = "n/a" if math.isnan(row.speedup) else f"{row.speedup:.2f}×"
+        lines.append(
+            f"| {row.device} | {memory} | {row.loader} | {row.num_workers} | {row.samples_per_second:,.0f} "
+            f"| {row.samples_per_second_iqr:,.0f} | {speedup} |"
+        )
+    if workload == "on_the_fly" and set(rows["loader"]) == {"torch"}:
+        lines += ["", "On-the-fly data is not a tensor dataset, so trainlib's loader is torch's DataLoader here."]
+    lines += ["", _best_sentence(rows)]
+    return lines
+
+
+def _case_label(row: Any) -> str:
+    memory = f", {row.memory} memory" if row.device != "cpu" else ""
+    workers = "1 worker" if row.num_workers == 1 else f"{row.num_workers} workers"
+    return f"{row.device}, {row.loader} loader, {workers}{memory}"
+
+
+def _best_sentence(rows: pd.DataFrame) -> str:
+    ranked = rows.sort_values("samples_per_second", ascending=False)
+    best = next(ranked.itertuples())
+    sentence = f"Best on this machine: **{_case_label(best)}** at {best.samples_per_second:,.0f} samples/s"
+    if not math.isnan(best.speedup):
+        sentence += f" ({best.speedup:.2f}× the baseline)"
+    if len(ranked) > 1:
+        runner_up = list(ranked.itertuples())[1]
+        # Ranges of the quartile epochs overlap: the order of the two is within this run's noise.
+        if runner_up.dataset_size / runner_up.q1_epoch_seconds >= best.dataset_size / best.q3_epoch_seconds:
+            sentence += f"; {_case_label(runner_up)} is within the measured spread of it"
+    return sentence + "."
+
+
+def parity_ratios(rows: pd.DataFrame, statistic: str = "median") -> dict[str, float]:
+    """Epoch-time ratios of the parity loops: trainlib / eager (target <= 1.03), seed / trainlib (>= 1.10)."""
+    median = rows.set_index("loop")[f"{statistic}_epoch_seconds"]
+    ratios: dict[str, float] = {}
+    if {"trainlib", "eager"} <= set(median.index):
+        ratios["trainlib_over_eager"] = median["trainlib"] / median["eager"]
+    if {"trainlib", "seed"} <= set(median.index):
+        ratios["seed_over_trainlib"] = median["seed"] / median["trainlib"]
+    return ratios
+
+
+def _parity_section(device: str, rows: pd.DataFrame) -> list[str]:
+    names = {
+        "trainlib": "(a) trainlib train_one_epoch, trainlib loader",
+        "eager": "(b) hand-written loop over pre-shuffled tensor slices",
+        "seed": "(c) seed loop over DataLoader(TensorDataset)",
+    }
+    lines = [
+        f"## Loop parity ({device}): {rows['dataset_size'].iloc[0]:,} training samples, batch size "
+        f"{rows['batch_size'].iloc[0]}",
+        "",
+        "| loop | median epoch (s) | IQR (s) | fastest epoch (s) | samples/s (median) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    order = {loop: index for index, loop in enumerate(names)}
+    for row in sorted(rows.itertuples(), key=lambda row: order.get(row.loop, len(order))):
+        lines.append(
+            f"| {names.get(row.loop, row.loop)} | {row.median_epoch_seconds:.3f} "
+            f"| {row.q3_epoch_seconds - row.q1_epoch_seconds:.3f} | {row.min_epoch_seconds:.3f} "
+            f"| {row.samples_per_second:,.0f} |"
+        )
+    ratios = parity_ratios(rows)
+    checks = []
+    if "trainlib_over_eager" in ratios:
+        ratio = ratios["trainlib_over_eager"]
+        met = "met" if ratio <= PARITY_SLOWDOWN_LIMIT else "NOT met"
+        checks.append(f"(a)/(b) epoch time = {ratio:.3f} (target ≤ {PARITY_SLOWDOWN_LIMIT:.2f}: {met})")
+    if "seed_over_trainlib" in ratios:
+        ratio = ratios["seed_over_trainlib"]
+        met = "met" if ratio >= PARITY_SPEEDUP_TARGET else "NOT met"
+        checks.append(f"(a) is {ratio:.2f}× as fast as (c) (target ≥ {PARITY_SPEEDUP_TARGET:.2f}×: {met})")
+    if checks:
+        lines += ["", "; ".join(checks) + "."]
+    fastest = parity_ratios(rows, "min")
+    if len(fastest) == 2:  # fastest epochs: least disturbed by other load on a shared machine
+        lines += [
+            "",
+            f"On the fastest epochs instead of medians: (a)/(b) = {fastest['trainlib_over_eager']:.3f}, "
+            f"(a) is {fastest['seed_over_trainlib']:.2f}× as fast as (c).",
+        ]
+    return lines
+
+
+# ---- chart ----
+
+
+def plot_throughput(results: BenchResults, path: Path) -> None:
+    """samples/s against DataLoader workers: one panel per workload, one line per device + loader (+ memory)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    grid = results.cases[~_is_parity(results.cases)]
+    workloads = list(dict.fromkeys(grid["workload"]))
+    figure = Figure(figsize=(5.5 * max(len(workloads), 1), 4.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, max(len(workloads), 1), squeeze=False)[0]
+    for axis, workload in zip(axes, workloads, strict=False):
+        rows = grid[grid["workload"] == workload]
+        for (device, loader, memory), line in rows.groupby(["device", "loader", "memory"], sort=True):
+            line = line.sort_values("num_workers")
+            label = f"{device} · {loader}" + (f" · {memory}" if device != "cpu" else "")
+            fast, slow = (
+                line["dataset_size"] / line["q1_epoch_seconds"],
+                line["dataset_size"] / line["q3_epoch_seconds"],
+            )
+            axis.errorbar(
+                line["num_workers"],
+                line["samples_per_second"],
+                yerr=[line["samples_per_second"] - slow, fast - line["samples_per_second"]],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+        axis.set_title(f"{workload} ({rows['dataset_size'].iloc[0]:,} samples/epoch)")
+        axis.set_xlabel("DataLoader workers")
+        axis.set_ylabel("samples/s (median, IQR bars)")
+        axis.set_xticks(sorted(rows["num_workers"].unique()))
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    figure.suptitle(f"Epoch throughput, cnn1d + Adam ({results.machine_info.get('cpu_model', '')})", fontsize="medium")
+    figure.savefig(path, dpi=90)
+
+
+# ---- MLflow ----
+
+
+def log_to_mlflow(results: BenchResults, report: BenchReport, tracking_uri: str) -> str:
+    """Log the bench run as a parent run with one child run per case; return the parent run id."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    from trainlib.tracking import ensure_experiment
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = ensure_experiment(client, tracking_uri, EXPERIMENT_NAME)
+    already = client.search_runs(
+        [experiment_id], filter_string=f"tags.`trainlib.bench_sha256` = '{results.sha256}'", max_results=1
+    )
+    if already:
+        run_id = already[0].info.run_id
+        log.info("bench run %s is already in MLflow as run %s; not logging it again", results.path.name, run_id)
+        return run_id
+    machine = results.machine_info
+    parent = client.create_run(
+        experiment_id,
+        run_name=f"bench {results.datetime[:19]}",
+        tags={
+            "trainlib.role": "bench",
+            "trainlib.bench_sha256": results.sha256,
+            "trainlib.bench_file": results.path.name,
+            "bench.datetime": results.datetime,
+            "git.commit": str(results.commit_info.get("id", "unknown")),
+            "git.dirty": str(results.commit_info.get("dirty", "unknown")),
+            "host": str(machine.get("node", "unknown")),
+        },
+    )
+    parent_id = parent.info.run_id
+    try:
+        params = [Param(key, str(machine[key])[:6000]) for key in MACHINE_PARAMS if key in machine]
+        client.log_batch(parent_id, params=params)
+        now = int(time.time() * 1000)
+        for row in results.cases.itertuples():
+            _log_case(client, experiment_id, parent_id, row, now)
+        for path in (*report.files, results.path):
+            client.log_artifact(parent_id, str(path))
+    except BaseException:
+        client.set_terminated(parent_id, "FAILED")
+        raise
+    client.set_terminated(parent_id, "FINISHED")
+    log.info(
+        "logged %d cases to experiment %r at %s (run %s)",
+        len(results.cases),
+        EXPERIMENT_NAME,
+        redact(tracking_uri),
+        parent_id,
+    )
+    return parent_id
+
+
+def _log_case(client: Any, experiment_id: str, parent_id: str, row: Any, timestamp_ms: int) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    run = client.create_run(
+        experiment_id, run_name=row.name, tags={"mlflow.parentRunId": parent_id, "trainlib.role": "bench-case"}
+    )
+    params = {
+        "device": row.device,
+        "device_name": row.device_name,
+        "num_workers": row.num_workers,
+        "workload": row.workload,
+        "loader": row.loader,
+        "memory": row.memory,
+        "batch_size": row.batch_size,
+        "dataset_size": row.dataset_size,
+        "group": row.group,
+    }
+    if row.loop:
+        params["loop"] = row.loop
+    metrics = {
+        "samples_per_second": row.samples_per_second,
+        "median_epoch_seconds": row.median_epoch_seconds,
+        "samples_per_second_iqr": row.samples_per_second_iqr,
+        "rounds": row.rounds,
+    }
+    if not math.isnan(row.speedup):
+        metrics["speedup"] = row.speedup
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(key, float(value), timestamp_ms, 0) for key, value in metrics.items()],
+        params=[Param(key, str(value)) for key, value in params.items()],
+        tags=[RunTag("mlflow.note.content", f"pytest-benchmark case {row.name}")],
+    )
+    client.set_terminated(run.info.run_id, "FINISHED")
