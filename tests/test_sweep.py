@@ -103,6 +103,9 @@ def test_sweep_records_parent_and_child_runs(stores: dict[str, str], tmp_path: P
     models = client.search_logged_models([parent.info.experiment_id])
     assert [model.name for model in models] == ["best_model"]
     assert models[0].source_run_id == parent.info.run_id
+    model_metrics = {metric.key: metric.value for metric in models[0].metrics}
+    assert model_metrics["test_accuracy"] == pytest.approx(summary.test_accuracy)
+    assert model_metrics["best_val_accuracy"] == pytest.approx(summary.best_value)
 
 
 def test_running_again_resumes_the_same_study_and_parent(stores: dict[str, str]) -> None:

@@ -116,11 +116,19 @@ def test_ui_refuses_a_tracking_server_uri(empty_store: Path, capsys: pytest.Capt
     ids=["defaults", "overrides"],
 )
 def test_make_ui_runs_trainlib_ui(variables: list[str], expected: str) -> None:
+    env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     result = subprocess.run(
-        ["make", "-n", "ui", *variables], cwd=REPO, capture_output=True, text=True, timeout=30, check=True
+        ["make", "--no-print-directory", "-n", "ui", *variables],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
 
-    assert result.stdout.strip().splitlines()[-1].endswith(f"trainlib ui {expected}")
+    commands = [line for line in result.stdout.splitlines() if "trainlib ui" in line]
+    assert len(commands) == 1 and commands[0].endswith(f"trainlib ui {expected}"), result.stdout
 
 
 def test_latest_study_is_the_study_whose_parent_run_started_last(empty_store: Path) -> None:
