@@ -206,7 +206,9 @@ def test_sigint_closes_runs_and_trials_and_the_sweep_resumes(stores: dict[str, s
     _, stderr = process.communicate(timeout=60)
     assert time.monotonic() - interrupted_at < 15, "the sweep took too long to stop"
 
-    assert process.returncode == 130, stderr[-3000:]
+    # 130 from our handler; -SIGINT where Python ends "killed by SIGINT" itself (an interrupt that lands inside
+    # an import in the first trial): both are the shell's exit status 130, and the runs must be closed either way.
+    assert process.returncode in (130, -signal.SIGINT), stderr[-3000:]
     assert "Resume with: trainlib sweep" in stderr
     parent, children = runs_of(client, "smoke")
     assert parent.info.status == "KILLED"
