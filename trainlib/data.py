@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from trainlib.device import resolve_device
 from trainlib.errors import InvalidArgument, check_choice, check_positive_int
 
 DATASET_NAMES: tuple[str, ...] = ("digits", "mnist1d")
@@ -247,8 +248,6 @@ def make_loader(
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise InvalidArgument(f"num_workers must be a non-negative integer, got {num_workers!r}")
     check_choice("loader", loader, LOADER_KINDS)
-    from trainlib.device import resolve_device
-
     target = resolve_device(device) if device is not None else None
     on_cuda = target is not None and target.type == "cuda"
     pin = on_cuda if pin_memory is None else bool(pin_memory and torch.cuda.is_available())

@@ -6,7 +6,6 @@ Each trial reads as: suggest, build, train, report. Tracking and pruning arrive 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import logging
 import math
@@ -485,7 +484,11 @@ def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
 
 def _advance(progress: tqdm, study: optuna.Study) -> None:
     progress.update(1)
-    with contextlib.suppress(ValueError):
+    _show_best(progress, study)
+
+
+def _show_best(progress: tqdm, study: optuna.Study) -> None:
+    with contextlib.suppress(ValueError):  # no complete trial yet
         progress.set_postfix(best=f"{study.best_value:.4f}")
 
 
@@ -531,8 +534,7 @@ def _run_workers(
 def _show_progress(progress: tqdm, study: optuna.Study, baseline: int) -> None:
     done = min(_count_finished(study) - baseline, progress.total)
     progress.update(done - progress.n)
-    with contextlib.suppress(ValueError):
-        progress.set_postfix(best=f"{study.best_value:.4f}")
+    _show_best(progress, study)
 
 
 def _fixed_params(config: SweepConfig) -> dict[str, Any]:
@@ -647,6 +649,6 @@ def _test_best_model(best_trial: optuna.trial.FrozenTrial, config: SweepConfig, 
     model.load_state_dict(weights)
     test_loader = make_loader(splits.test, data.eval_batch_size, False)
     _, test_accuracy = evaluate_model(model, test_loader, torch.nn.CrossEntropyLoss(), "cpu")
-    example = copy.deepcopy(splits.test.tensors[0][:5])
+    example = splits.test.tensors[0][:5].clone()
     tracker.log_best_model(model, example, test_accuracy, best_trial.number)
     return test_accuracy
