@@ -388,7 +388,8 @@ def test_concurrent_starts_on_a_study_without_parent_agree_on_one(
         study = optuna.load_study(study_name="orphan", storage=open_storage(storage_url))
         tracker = SweepTracker(tracking_server.url, "orphan")
         barrier.wait()
-        parent_ids.append(tracker.start_sweep(study, False, {"study.name": "orphan"}, {}, config))
+        tracker.start_sweep(study, False, {"study.name": "orphan"}, {}, config)
+        parent_ids.append(tracker.parent_run_id)
 
     threads = [threading.Thread(target=join) for _ in range(4)]
     for thread in threads:

@@ -108,6 +108,25 @@ def test_sweep_records_parent_and_child_runs(stores: dict[str, str], tmp_path: P
     assert model_metrics["best_val_accuracy"] == pytest.approx(summary.best_value)
 
 
+def test_the_logged_best_model_serves_and_scores_its_test_accuracy(stores: dict[str, str]) -> None:
+    import mlflow
+
+    from trainlib.sweep import _load_splits
+
+    summary = sweep(SMOKE)
+    client = MlflowClient(stores["tracking_uri"])
+    parent, _ = runs_of(client, "smoke")
+    (logged,) = client.search_logged_models([parent.info.experiment_id])
+
+    config = load_config(SMOKE)
+    splits = _load_splits(config.data.dataset, config.training.seed, config.data.val_fraction, None)
+    features, labels = (tensor.numpy() for tensor in splits.test.tensors)
+    served = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")  # as `mlflow models serve` loads it
+    logits = served.predict(features)
+    assert logits.shape == (len(labels), splits.num_classes)
+    assert (logits.argmax(axis=1) == labels).mean() == pytest.approx(summary.test_accuracy)
+
+
 def test_running_again_resumes_the_same_study_and_parent(stores: dict[str, str]) -> None:
     sweep(SMOKE, n_trials=2)
     summary = sweep(SMOKE, n_trials=3)

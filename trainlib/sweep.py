@@ -443,6 +443,10 @@ def _worker_main(plan: SweepPlan, worker_index: int, n_trials: int, threads: int
         except StoreUnavailable as lost:
             log.error("%s", lost)
             sys.exit(_LOST_STORE_EXIT)
+        except KeyboardInterrupt:
+            tracker.flush()
+            raise
+        tracker.flush()  # this worker's queued logging (the parent's best value so far) reaches the store
 
 
 def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
@@ -455,14 +459,14 @@ def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
     device = resolve_device(config.training.device)
     fixed_params = _fixed_params(config)
     tags = environment_tags(device, plan.storage_url, config.study.sampler, config.study.pruner)
-    parent_run_id = tracker.start_sweep(study, created, fixed_params, tags, plan.config_file)
+    tracker.start_sweep(study, created, fixed_params, tags, plan.config_file)  # on the tracking thread
     already_finished = _count_finished(study)
     progress = tqdm(total=plan.n_trials, desc=f"study {config.study.name}", unit="trial", disable=not show_progress)
     try:
         if plan.workers == 1:
             _optimize(study, plan, tracker, plan.n_trials, on_trial=lambda s, t: _advance(progress, s))
         else:
-            _run_workers(plan, parent_run_id, study, progress, already_finished)
+            _run_workers(plan, tracker.parent_run_id, study, progress, already_finished)
     except KeyboardInterrupt:
         progress.close()
         tracker.end_sweep("KILLED")
@@ -566,6 +570,8 @@ def _summarize(study: optuna.Study, plan: SweepPlan, tracker: Any, started: floa
     test_accuracy = None
     files: list[Path] = []
     report = not _other_workers_running(study)
+    if best_trial is not None and report:  # first: the tracking thread logs the model while the report is drawn
+        test_accuracy = _test_best_model(best_trial, plan.config, tracker)
     with tempfile.TemporaryDirectory(prefix="trainlib-report-") as folder_name:
         folder = Path(folder_name)
         if len(frame) and report:
@@ -574,8 +580,6 @@ def _summarize(study: optuna.Study, plan: SweepPlan, tracker: Any, started: floa
             files.append(csv_path)
             files.extend(_plot_study(study, folder))
         tracker.log_summary(counts, files)
-    if best_trial is not None and report:
-        test_accuracy = _test_best_model(best_trial, plan.config, tracker)
     return SweepSummary(
         study_name=study.study_name,
         counts=counts,

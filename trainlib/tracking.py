@@ -1,9 +1,11 @@
 """MLflow adapter: one parent run per study, one nested child run per trial, per-epoch metrics.
 
-The engine never sees MLflow: a child run's epoch logger is just a callback. Logging is one batched,
-asynchronous call per epoch, flushed before each run ends, so it does not slow training down.
+The engine never sees MLflow: a child run's epoch logger is just a callback. Training does not wait for the
+store: every store call runs on one tracking thread, in order (SweepTracker), each epoch's metrics are one
+batch, a run's batches are coalesced to at most one write every LOG_INTERVAL_SECONDS and go out through
+MLflow's async logging, and each run is flushed before it is ended.
 Every call goes through PatientClient, which waits out a restarting tracking server (bounded, one log line
-per retry); a batch that failed asynchronously is re-sent at flush, so no epoch metric is lost.
+per retry); a batch that failed asynchronously is re-sent before its run ends, so no epoch metric is lost.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,9 @@ PARENT_RUN_ATTR = "mlflow_parent_run_id"
 RUN_ID_ATTR = "mlflow_run_id"
 RUN_KEY_TAG = "trainlib.run_key"
 WEIGHTS_FILE = "model_state.pt"
+# A run's batches are coalesced into at most one store write every LOG_INTERVAL_SECONDS (see TrialRun).
+LOG_INTERVAL_SECONDS = 2.0
+MAX_ITEMS_PER_BATCH, MAX_PARAMS_OR_TAGS_PER_BATCH = 1000, 100  # MLflow's limits for one log_batch
 _TRANSIENT_HTTP_STATUS = (429, 502, 503, 504)
 
 
@@ -138,52 +144,173 @@ class PatientClient:
         self.patiently(lambda: store.update_run_info(run_id, RunStatus.from_string(status), _now_ms(), None))
 
 
+def _empty_batch() -> dict[str, list[Any]]:
+    return {"metrics": [], "params": [], "tags": []}
+
+
+def _within_limits(batch: dict[str, list[Any]]) -> Iterator[dict[str, list[Any]]]:
+    """``batch`` cut into batches MLflow accepts (at most 1000 items, 100 of them params and 100 tags)."""
+    chunk, size = _empty_batch(), 0
+    for kind in ("params", "tags", "metrics"):
+        for item in batch[kind]:
+            if size == MAX_ITEMS_PER_BATCH or (kind != "metrics" and len(chunk[kind]) == MAX_PARAMS_OR_TAGS_PER_BATCH):
+                yield chunk
+                chunk, size = _empty_batch(), 0
+            chunk[kind].append(item)
+            size += 1
+    if size:
+        yield chunk
+
+
+def _done(value: Any) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
 @dataclass
 class TrialRun:
-    """One trial's child run; ``log_epoch`` is the engine callback."""
+    """What one run (a trial's child run, or the parent) has to log; ``log_epoch`` is an engine callback.
 
-    client: PatientClient | None
-    run_id: str | None
-    pending: list[tuple[RunOperations, list[Metric]]] = field(default_factory=list)
+    Each epoch's metrics are one batch. A run's batches are coalesced into at most one write every
+    ``interval_seconds`` (each write is a store transaction costing milliseconds of CPU), handed to the
+    tracker's thread, which passes them to MLflow's async logging. Nothing here waits for the store.
+    """
+
+    tracker: SweepTracker | None
+    run: Future | None  # the run id, once the tracking thread has created the run
+    interval_seconds: float = LOG_INTERVAL_SECONDS
+    trial_number: int | None = None
+    buffered: dict[str, list[Any]] = field(default_factory=_empty_batch)
+    last_write: float = field(default_factory=time.monotonic)
+    pending: list[tuple[RunOperations, dict[str, list[Any]]]] = field(default_factory=list)  # tracking thread only
+
+    @property
+    def run_id(self) -> str | None:
+        """The run id (waits for the tracking thread to have created the run)."""
+        return None if self.run is None else self.run.result()
+
+    def log_async(self, metrics: list[Metric] = (), params: list[Param] = (), tags: list[RunTag] = ()) -> None:
+        """Add items to the run's next batch; hand it to the tracking thread once ``interval_seconds`` have passed."""
+        if self.tracker is None:
+            return
+        for kind, items in (("metrics", metrics), ("params", params), ("tags", tags)):
+            self.buffered[kind].extend(items)
+        if time.monotonic() - self.last_write >= self.interval_seconds:
+            self.write_buffered()
 
     def log_epoch(self, result: EpochResult) -> None:
-        """Log one epoch's metrics in a single asynchronous batch (step = epoch)."""
-        if self.client is None or self.run_id is None:
+        """Log one epoch's metrics as one batch (step = epoch); raise if the tracking thread has failed."""
+        if self.tracker is None:
             return
+        self.tracker.raise_if_failed()
         timestamp = _now_ms()
-        metrics = [Metric(key, value, timestamp, result.epoch) for key, value in result.metrics().items()]
-        operation = self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)
-        if operation is not None:
-            self.pending.append((operation, metrics))
+        self.log_async(metrics=[Metric(key, value, timestamp, result.epoch) for key, value in result.metrics().items()])
+
+    def write_buffered(self) -> None:
+        """Hand what is buffered to the tracking thread now."""
+        batch, self.buffered, self.last_write = self.buffered, _empty_batch(), time.monotonic()
+        if self.tracker is not None and any(batch.values()):
+            self.tracker.submit(self._send, batch)
+
+    def _send(self, batch: dict[str, list[Any]]) -> None:  # tracking thread
+        for chunk in _within_limits(batch):
+            operation = self.tracker.client.log_batch(self.run_id, **chunk, synchronous=False)
+            if operation is not None:
+                self.pending.append((operation, chunk))
 
     def flush(self) -> None:
-        """Wait until every queued batch of this run has reached the store; re-send failed ones synchronously."""
-        for operation, metrics in self.pending:
+        """Hand over what is buffered and wait until all of the run's batches are in the store."""
+        self.write_buffered()
+        if self.tracker is not None and self.run is not None:
+            self.tracker.call(self._wait_for_sent)
+
+    def _wait_for_sent(self) -> None:  # tracking thread
+        """Wait until MLflow's async logging has written every batch of the run; re-send failed ones."""
+        for operation, batch in self.pending:
             try:
                 operation.wait()
             except MlflowException:
                 # The server was unreachable when the batch went out: send it again, waiting out the outage.
-                # A batch that did arrive is not doubled: the store drops identical (key, step, timestamp, value).
-                log.info("re-sending %d metrics of run %s that failed asynchronously", len(metrics), self.run_id)
-                self.client.log_batch(self.run_id, metrics=metrics)
+                # A batch that did arrive is not doubled: the store drops identical (key, step, timestamp, value)
+                # metrics, and re-logging a param with the same value or a tag is allowed.
+                log.info("re-sending a batch of run %s that failed asynchronously", self.run_id)
+                self.tracker.client.log_batch(self.run_id, **batch)
         self.pending.clear()
 
 
 class SweepTracker:
-    """Records a study in MLflow: experiment, parent run, child runs, and the end-of-sweep summary."""
+    """Records a study in MLflow: experiment, parent run, child runs, and the end-of-sweep summary.
+
+    Every call to the store runs on one tracking thread, in the order the sweep made it, so training never
+    waits for the store: opening (and, the first time, creating) it, creating and ending runs, batches,
+    weights. The sweep waits only where it needs an answer (the parent's id for worker processes, the best
+    trial's weights) and at the end. A failure on the tracking thread (e.g. StoreUnavailable) is raised in the
+    sweep at its next epoch or trial; later calls are not attempted.
+    """
 
     def __init__(self, tracking_uri: str, experiment_name: str, max_outage_seconds: float = MAX_OUTAGE_SECONDS) -> None:
         self.tracking_uri = tracking_uri
-        mlflow.set_tracking_uri(tracking_uri)
-        self.client = PatientClient(tracking_uri, max_outage_seconds)
-        self.experiment_id = ensure_experiment(self.client, tracking_uri, experiment_name)
-        self.parent_run_id: str | None = None
+        self.max_outage_seconds = max_outage_seconds
+        self.client: PatientClient | None = None  # set on the tracking thread
+        self.experiment_id: str | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainlib-tracking")
+        self._jobs: list[Future] = []
+        self._failure: BaseException | None = None
+        self.parent_log = TrialRun(self, None)  # the parent's batches (best value so far)
+        self.submit(self._open, experiment_name)
+
+    def _open(self, experiment_name: str) -> None:  # tracking thread
+        mlflow.set_tracking_uri(self.tracking_uri)
+        self.client = PatientClient(self.tracking_uri, self.max_outage_seconds)
+        self.experiment_id = ensure_experiment(self.client, self.tracking_uri, experiment_name)
+
+    # ---- the tracking thread ----
+
+    def submit(self, job: Callable[..., Any], *args: Any) -> Future:
+        """Run ``job(*args)`` on the tracking thread after everything submitted before it."""
+        self.raise_if_failed()
+        self._jobs = [future for future in self._jobs if not future.done()]
+        future = self._thread.submit(self._guarded, job, *args)
+        self._jobs.append(future)
+        return future
+
+    def _guarded(self, job: Callable[..., Any], *args: Any) -> Any:
+        if self._failure is not None:  # the store is gone or the record is broken: attempt nothing more
+            raise self._failure
+        try:
+            return job(*args)
+        except BaseException as error:
+            self._failure = error
+            raise
+
+    def call(self, job: Callable[..., Any], *args: Any) -> Any:
+        """Run ``job(*args)`` on the tracking thread and wait for its result."""
+        return self.submit(job, *args).result()
+
+    def raise_if_failed(self) -> None:
+        """Raise the tracking thread's failure, if it had one."""
+        if self._failure is not None:
+            raise self._failure
+
+    def flush(self) -> None:
+        """Write the parent's buffered batches and wait until the tracking thread has done everything."""
+        self.parent_log.flush()
+        jobs, self._jobs = self._jobs, []
+        for future in jobs:
+            future.result()
+        self.raise_if_failed()
 
     # ---- parent run ----
 
+    @property
+    def parent_run_id(self) -> str | None:
+        """The parent run's id (waits until the tracking thread has it), or None before start_sweep/attach."""
+        return self.parent_log.run_id
+
     def attach(self, parent_run_id: str) -> None:
         """Use an existing parent run (worker processes and other machines)."""
-        self.parent_run_id = parent_run_id
+        self.parent_log.run = _done(parent_run_id)
 
     def start_sweep(
         self,
@@ -192,19 +319,23 @@ class SweepTracker:
         fixed_params: dict[str, Any],
         tags: dict[str, str],
         config_file: Path,
-    ) -> str:
-        """Create the study's parent run, or join the one another command made (any machine); return its id.
+    ) -> None:
+        """Create the study's parent run, or join the one another command made (any machine), on the tracking thread.
 
         Exactly one parent per study, however many commands start at once: a command creates it only while
         holding the study's parent claim (see _claim_parent) and after checking nobody published one meanwhile.
         """
+        self.parent_log.run = self.submit(self._start_sweep, study, created_study, fixed_params, tags, config_file)
+
+    def _start_sweep(  # tracking thread
+        self, study: optuna.Study, created_study: bool, fixed_params: dict[str, Any], tags: dict[str, str], config: Path
+    ) -> str:
         parent_run_id = _published_parent(study)
         if parent_run_id is None:
-            parent_run_id = self._create_or_join_parent(study, fixed_params, config_file)
+            parent_run_id = self._create_or_join_parent(study, fixed_params, config)
         elif not created_study:
             self.client.update_run(parent_run_id, status="RUNNING")
         self.client.log_batch(parent_run_id, tags=[RunTag(key, value) for key, value in tags.items()])
-        self.parent_run_id = parent_run_id
         return parent_run_id
 
     def _create_or_join_parent(self, study: optuna.Study, fixed_params: dict[str, Any], config_file: Path) -> str:
@@ -237,10 +368,13 @@ class SweepTracker:
         return parent_run_id
 
     def end_sweep(self, status: str) -> None:
-        """Mark the parent run FINISHED, FAILED or KILLED after flushing queued logging."""
-        mlflow.flush_async_logging()
-        if self.parent_run_id is not None:
-            self.client.set_terminated(self.parent_run_id, status)
+        """Mark the parent run FINISHED, FAILED or KILLED once everything queued has reached the store."""
+        try:
+            self.flush()
+            if self.parent_log.run is not None:
+                self.call(lambda: self.client.set_terminated(self.parent_run_id, status))
+        finally:
+            self._thread.shutdown(wait=False)
 
     def on_trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, metric: str) -> None:
         """Optuna callback: log the study's best value so far at step = trial number."""
@@ -248,7 +382,7 @@ class SweepTracker:
             best = study.best_value
         except ValueError:  # no complete trial yet
             return
-        self.client.log_metric(self.parent_run_id, f"best_{metric}", best, step=trial.number)
+        self.parent_log.log_async(metrics=[Metric(f"best_{metric}", best, _now_ms(), trial.number)])
 
     # ---- child runs ----
 
@@ -256,7 +390,6 @@ class SweepTracker:
     def trial_run(self, trial: optuna.Trial, params: dict[str, Any]) -> Iterator[TrialRun]:
         """A child run for ``trial``; its end status follows how the trial ended."""
         tags = {
-            "mlflow.parentRunId": self.parent_run_id,
             "trainlib.role": "trial",
             "optuna.study": trial.study.study_name,
             "optuna.trial_number": str(trial.number),
@@ -265,42 +398,56 @@ class SweepTracker:
         retry_of = trial.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
         if retry_of is not None:  # a retry of a trial whose worker died (RetryHeartbeatStaleTrialCallback)
             tags["optuna.retry_of"] = str(retry_of)
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number:04d}", tags=tags)
-        run_id = run.info.run_id
-        trial.set_user_attr(RUN_ID_ATTR, run_id)
+        trial_run = TrialRun(self, self.submit(self._create_child, trial.number, tags), trial_number=trial.number)
         logged_params = {**params, "trial_number": trial.number}
-        self.client.log_batch(run_id, params=[Param(k, _param_text(v)) for k, v in logged_params.items()])
-        trial_run = TrialRun(self.client, run_id)
+        trial_run.log_async(params=[Param(k, _param_text(v)) for k, v in logged_params.items()])
         try:
             yield trial_run
         except optuna.TrialPruned as pruned:
-            self._end_trial(trial_run, "FINISHED", {"optuna.state": "PRUNED", "optuna.reason": str(pruned)})
+            self._end_trial(trial, trial_run, "FINISHED", {"optuna.state": "PRUNED", "optuna.reason": str(pruned)})
             raise
         except TrainingDiverged as diverged:
             tags = {"optuna.state": "FAIL", "optuna.reason": str(diverged), "optuna.failed_epoch": str(diverged.epoch)}
-            self._end_trial(trial_run, "FAILED", tags)
+            self._end_trial(trial, trial_run, "FAILED", tags)
             raise
         except KeyboardInterrupt:
-            self._end_trial(trial_run, "KILLED", {"optuna.state": "FAIL", "optuna.reason": "interrupted (SIGINT)"})
+            tags = {"optuna.state": "FAIL", "optuna.reason": "interrupted (SIGINT)"}
+            self._end_trial(trial, trial_run, "KILLED", tags)
             raise
         except StoreUnavailable as lost:
             if lost.store != "tracking":  # with the tracking server gone for good there is no one to tell
-                self._end_trial(trial_run, "FAILED", {"optuna.state": "FAIL", "optuna.reason": str(lost)[:500]})
+                tags = {"optuna.state": "FAIL", "optuna.reason": str(lost)[:500]}
+                self._end_trial(trial, trial_run, "FAILED", tags)
             raise
         except BaseException as error:
-            self._end_trial(trial_run, "FAILED", {"optuna.state": "FAIL", "optuna.reason": repr(error)[:500]})
+            tags = {"optuna.state": "FAIL", "optuna.reason": repr(error)[:500]}
+            self._end_trial(trial, trial_run, "FAILED", tags)
             raise
         else:
-            self._end_trial(trial_run, "FINISHED", {"optuna.state": "COMPLETE"})
+            self._end_trial(trial, trial_run, "FINISHED", {"optuna.state": "COMPLETE"})
 
-    def _end_trial(self, trial_run: TrialRun, status: str, tags: dict[str, str]) -> None:
-        trial_run.flush()
-        self.client.log_batch(trial_run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    def _create_child(self, trial_number: int, tags: dict[str, str]) -> str:  # tracking thread
+        tags = {"mlflow.parentRunId": self.parent_run_id, **tags}
+        return self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number:04d}", tags=tags).info.run_id
+
+    def _end_trial(self, trial: optuna.Trial, trial_run: TrialRun, status: str, tags: dict[str, str]) -> None:
+        trial_run.buffered["tags"].extend(RunTag(k, v) for k, v in tags.items())
+        trial_run.write_buffered()
+        self.submit(self._end_child, trial_run, status)
+        # Recorded here, while the trial still runs (Optuna refuses attributes of finished trials): the run
+        # was created at the trial's start, so this normally does not wait.
+        trial.set_user_attr(RUN_ID_ATTR, trial_run.run_id)
+
+    def _end_child(self, trial_run: TrialRun, status: str) -> None:  # tracking thread
+        trial_run._wait_for_sent()  # everything of the run is in the store before it is marked ended
         self.client.end_run(trial_run.run_id, status)
 
     def log_trial_result(self, trial_run: TrialRun, metric: str, best_value: float, weights: dict[str, Any]) -> None:
         """Log the trial's best metric and the weights of its best epoch (for the final model)."""
-        self.client.log_metric(trial_run.run_id, f"best_{metric}", best_value)
+        trial_run.log_async(metrics=[Metric(f"best_{metric}", best_value, _now_ms(), 0)])
+        self.submit(self._log_weights, trial_run, weights)
+
+    def _log_weights(self, trial_run: TrialRun, weights: dict[str, Any]) -> None:  # tracking thread
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / WEIGHTS_FILE
             torch.save(weights, path)
@@ -311,19 +458,27 @@ class SweepTracker:
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
         if run_id is None:
             return None
-        with tempfile.TemporaryDirectory() as folder:
-            path = self.client.download_artifacts(run_id, WEIGHTS_FILE, folder)
-            return torch.load(path, map_location="cpu", weights_only=True)
+
+        def load() -> dict[str, Any]:
+            with tempfile.TemporaryDirectory() as folder:
+                path = self.client.download_artifacts(run_id, WEIGHTS_FILE, folder)
+                return torch.load(path, map_location="cpu", weights_only=True)
+
+        return self.call(load)
 
     # ---- end of sweep ----
 
     def log_summary(self, counts: dict[str, int], files: list[Path]) -> None:
-        """Trial counts as metrics, report files (trials.csv, plots) as parent artifacts."""
-        self.client.log_batch(
-            self.parent_run_id, metrics=[Metric(f"n_{state}", value, _now_ms(), 0) for state, value in counts.items()]
-        )
-        for path in files:
-            self.client.log_artifact(self.parent_run_id, str(path), artifact_path="report")
+        """Trial counts as metrics, report files (trials.csv, plots) as parent artifacts; waits until all is stored."""
+
+        def log() -> None:
+            metrics = [Metric(f"n_{state}", value, _now_ms(), 0) for state, value in counts.items()]
+            self.client.log_batch(self.parent_run_id, metrics=metrics)
+            for path in files:
+                self.client.log_artifact(self.parent_run_id, str(path), artifact_path="report")
+
+        self.submit(log)
+        self.flush()
 
     def log_best_model(
         self, model: torch.nn.Module, example: torch.Tensor, test_accuracy: float, trial_number: int
@@ -336,7 +491,7 @@ class SweepTracker:
             output = model(example).numpy()
         signature = infer_signature(example.numpy(), output)
 
-        def log_model() -> None:
+        def log_model() -> None:  # tracking thread
             with mlflow.start_run(run_id=self.parent_run_id, experiment_id=self.experiment_id):
                 model_info = mlflow.pytorch.log_model(
                     model,
@@ -345,15 +500,26 @@ class SweepTracker:
                     input_example=example.numpy()[:5],
                     pip_requirements=[],
                     step=trial_number,  # links the parent's best-so-far metric at the best trial to the model
+                    # MLflow would load the saved model back and predict on the example (~0.4 s) only to warn on
+                    # failure; the model classes are ours, and tests/test_sweep.py validates a logged model.
+                    validate_serving_input=False,
                 )
                 # Linked to the logged model too, so the model's own page shows the held-out score.
                 mlflow.log_metric("test_accuracy", test_accuracy, model_id=model_info.model_id)
+            self.client.set_tag(self.parent_run_id, "best_trial_number", str(trial_number))
 
-        self.client.patiently(log_model)
-        self.client.set_tag(self.parent_run_id, "best_trial_number", str(trial_number))
+        def log_after_best_values() -> None:  # tracking thread
+            self.parent_log._wait_for_sent()  # the best value at every trial is in the store before the model links
+            self.client.patiently(log_model)
+
+        self.parent_log.write_buffered()
+        self.submit(log_after_best_values)  # the sweep writes its report meanwhile; log_summary waits for both
 
     def end_lost_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> list[str]:
         """End the child run of a trial whose worker died (heartbeat-stale) as KILLED; return the runs ended."""
+        return self.call(self._end_lost_trial, study, trial, reason)
+
+    def _end_lost_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> list[str]:
         run_ids = {trial.user_attrs.get(RUN_ID_ATTR)} - {None}
         # A worker killed between creating the run and recording its id leaves a run only its tags can find.
         found = self.client.search_runs(
@@ -388,6 +554,9 @@ class NullTracker:
     def start_sweep(self, *args: Any, **kwargs: Any) -> None:
         return None
 
+    def flush(self) -> None:
+        pass
+
     def end_sweep(self, status: str) -> None:
         pass
 
@@ -397,10 +566,10 @@ class NullTracker:
     @contextlib.contextmanager
     def trial_run(self, trial: optuna.Trial, params: dict[str, Any]) -> Iterator[TrialRun]:
         trial.set_user_attr(RUN_ID_ATTR, None)
-        yield TrialRun(None, f"local-{trial.number}")
+        yield TrialRun(None, None, trial_number=trial.number)
 
     def log_trial_result(self, trial_run: TrialRun, metric: str, best_value: float, weights: dict[str, Any]) -> None:
-        torch.save(weights, Path(self._weights_dir.name) / f"{trial_run.run_id}.pt")
+        torch.save(weights, Path(self._weights_dir.name) / f"local-{trial_run.trial_number}.pt")
 
     def load_trial_weights(self, trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
         path = Path(self._weights_dir.name) / f"local-{trial.number}.pt"
