@@ -246,6 +246,38 @@ def test_sigint_closes_runs_and_trials_and_the_sweep_resumes(stores: dict[str, s
     assert len(resumed_children) == len(children) + 1
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt, on purpose
+def test_an_interrupt_python_dropped_still_stops_the_sweep_at_the_next_trial(stores: dict[str, str]) -> None:
+    """Python drops an exception raised in a weakref callback or finalizer; a Ctrl-C landing there must not be lost."""
+    import weakref
+
+    from trainlib import sweep as sweep_module
+
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    sweep_module.install_interrupt_handler()
+    try:
+
+        class Garbage:
+            pass
+
+        garbage = Garbage()
+        reference = weakref.ref(garbage, lambda _: sweep_module._interrupt(signal.SIGINT, None))
+        del garbage  # the callback raises KeyboardInterrupt; Python prints "Exception ignored" and goes on
+        assert reference() is None
+
+        with pytest.raises(sweep_module.SweepInterrupted):
+            sweep(SMOKE)
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+        sweep_module._interrupt_received.clear()
+
+    parent, children = runs_of(MlflowClient(stores["tracking_uri"]), "smoke")
+    assert parent.info.status == "KILLED"
+    assert children == []  # stopped at the first trial's start, before its run was created
+    assert [trial.state for trial in load_study(stores, "smoke").trials] == [optuna.trial.TrialState.FAIL]
+
+
 def test_two_workers_share_one_study_and_one_parent(stores: dict[str, str]) -> None:
     process = _cli("sweep", str(SMOKE), "--no-progress", "--workers", "2", "--n-trials", "4", env=_env(stores))
     stdout, stderr = process.communicate(timeout=300)

@@ -6,7 +6,6 @@ A mistake a user can make (bad flag, config, storage URL, device) is one line on
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 
 import click
@@ -86,7 +85,7 @@ def sweep(
 ) -> None:
     """Run an Optuna study from an experiment CONFIG (TOML), every trial tracked in MLflow."""
     from trainlib.config import load_config
-    from trainlib.sweep import SweepInterrupted, plan_sweep, run_sweep
+    from trainlib.sweep import SweepInterrupted, install_interrupt_handler, plan_sweep, run_sweep
 
     config = load_config(config_file).with_overrides(
         {
@@ -110,8 +109,7 @@ def sweep(
     )
     # Ctrl-C (and SIGTERM) become KeyboardInterrupt even where the shell started us with SIGINT ignored,
     # so an interrupted sweep always closes its runs and trials.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    install_interrupt_handler()
     try:
         summary = run_sweep(plan, show_progress=not no_progress)
     except SweepInterrupted:

@@ -15,6 +15,7 @@ import secrets
 import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -102,6 +103,32 @@ logging.getLogger("optuna.study._optimize").addFilter(_QuietLostStore())
 
 class SweepInterrupted(Exception):
     """SIGINT stopped the sweep; every run and trial it touched has been closed."""
+
+
+_interrupt_received = threading.Event()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM: raise KeyboardInterrupt, and remember it (see install_interrupt_handler)."""
+    _interrupt_received.set()
+    raise KeyboardInterrupt
+
+
+def install_interrupt_handler() -> None:
+    """Make SIGINT and SIGTERM stop the sweep, even where the shell started it with SIGINT ignored.
+
+    Python drops an exception raised while it runs a finalizer or a weakref callback ("Exception ignored in
+    ..."), and the sweep's thread runs those whenever it collects garbage (e.g. SQLAlchemy's, made on the
+    tracking thread). So the interrupt is also remembered and raised again at the next trial or epoch.
+    """
+    _interrupt_received.clear()
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _raise_if_interrupted(*_: object) -> None:
+    if _interrupt_received.is_set():
+        raise KeyboardInterrupt
 
 
 def plan_sweep(
@@ -359,6 +386,7 @@ def run_trial(
     trial: optuna.Trial, config: SweepConfig, splits: DatasetSplits, device: torch.device, tracker: Any
 ) -> float:
     """One trial: suggest hyperparameters, build the model, train it with tracking and pruning callbacks."""
+    _raise_if_interrupted()
     params = suggest(trial, config.search)
     seed_everything(config.training.seed + trial.number)
     model = build_model(config.model.name, splits.num_features, splits.num_classes, **config.model.options())
@@ -385,7 +413,7 @@ def run_trial(
             params["lr"],
             device,
             optimizer=params["optimizer"],
-            callbacks=[trial_run.log_epoch, best.update, report],
+            callbacks=[_raise_if_interrupted, trial_run.log_epoch, best.update, report],
             optimizer_options=optimizer_options,
             divergence_threshold=config.training.divergence_threshold,
         )
@@ -430,6 +458,7 @@ def _optimize(
 
 def _worker_main(plan: SweepPlan, worker_index: int, n_trials: int, threads: int, parent_run_id: str | None) -> None:
     """Entry point of one worker process: its share of the trials on the shared study."""
+    install_interrupt_handler()
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, _ = open_study(plan, worker_index)
