@@ -223,9 +223,9 @@ class TrialRun:
         """Hand over what is buffered and wait until all of the run's batches are in the store."""
         self.write_buffered()
         if self.tracker is not None and self.run is not None:
-            self.tracker.call(self._wait_for_sent)
+            self.tracker.call(self.wait_for_sent)
 
-    def _wait_for_sent(self) -> None:  # tracking thread
+    def wait_for_sent(self) -> None:  # tracking thread
         """Wait until MLflow's async logging has written every batch of the run; re-send failed ones."""
         for operation, batch in self.pending:
             try:
@@ -439,7 +439,7 @@ class SweepTracker:
         trial.set_user_attr(RUN_ID_ATTR, trial_run.run_id)
 
     def _end_child(self, trial_run: TrialRun, status: str) -> None:  # tracking thread
-        trial_run._wait_for_sent()  # everything of the run is in the store before it is marked ended
+        trial_run.wait_for_sent()  # everything of the run is in the store before it is marked ended
         self.client.end_run(trial_run.run_id, status)
 
     def log_trial_result(self, trial_run: TrialRun, metric: str, best_value: float, weights: dict[str, Any]) -> None:
@@ -509,7 +509,7 @@ class SweepTracker:
             self.client.set_tag(self.parent_run_id, "best_trial_number", str(trial_number))
 
         def log_after_best_values() -> None:  # tracking thread
-            self.parent_log._wait_for_sent()  # the best value at every trial is in the store before the model links
+            self.parent_log.wait_for_sent()  # the best value at every trial is in the store before the model links
             self.client.patiently(log_model)
 
         self.parent_log.write_buffered()
