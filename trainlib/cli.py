@@ -36,7 +36,12 @@ def cli(verbose: bool) -> None:
 
 @cli.command()
 @click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False))
-@click.option("--n-trials", type=int, help="Trials this command runs (shared among --workers); default: the config's.")
+@click.option(
+    "--n-trials",
+    type=int,
+    help="New trials this command runs (shared among --workers), retries of dead workers' trials on top; "
+    "0 only finishes an existing study (retries, report); default: the config's.",
+)
 @click.option("--epochs", type=int, help="Override training.epochs.")
 @click.option("--study-name", help="Override study.name (the Optuna study and the MLflow experiment).")
 @click.option(
@@ -89,7 +94,7 @@ def sweep(
 
     config = load_config(config_file).with_overrides(
         {
-            "study.n_trials": ("--n-trials", n_trials),
+            "study.n_trials": ("--n-trials", n_trials or None),  # 0 is for this command only (plan_sweep)
             "study.name": ("--study-name", study_name),
             "training.epochs": ("--epochs", epochs),
             "training.device": ("--device", device),
@@ -132,7 +137,10 @@ def format_summary(summary: object) -> str:
     if summary.test_accuracy is not None:
         lines.append(f"best model's test accuracy (held-out split): {summary.test_accuracy:.4f}")
     if getattr(summary, "report_deferred", False):
-        lines.append("other workers are still running trials: the last one to finish logs the report and best model")
+        lines.append(
+            "other workers are still running trials: the last one to finish logs the report and best model "
+            "(if they all die, `trainlib sweep CONFIG --n-trials 0` with the same study finishes it)"
+        )
     if summary.parent_run_id:
         lines += [
             "",

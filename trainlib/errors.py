@@ -21,3 +21,9 @@ def check_positive_int(name: str, value: object) -> None:
     """Raise InvalidArgument unless ``value`` is a positive integer."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_non_negative_int(name: str, value: object) -> None:
+    """Raise InvalidArgument unless ``value`` is an integer of 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"{name} must be an integer of 0 or more, got {value!r}")

@@ -26,17 +26,17 @@ from typing import Any
 import optuna
 import pandas as pd
 import torch
-from optuna.storages._heartbeat import is_heartbeat_enabled  # not re-exported; stable since Optuna 2.9
 from tqdm import tqdm
 
 from trainlib.config import SweepConfig
 from trainlib.data import DatasetSplits, load_dataset, make_loader
 from trainlib.device import resolve_device
 from trainlib.engine import EpochResult, TrainingDiverged, evaluate_model, train_model
-from trainlib.errors import InvalidArgument, check_positive_int
+from trainlib.errors import InvalidArgument, check_non_negative_int, check_positive_int
 from trainlib.models import build_model
 from trainlib.search import PRUNERS, SAMPLERS, suggest
 from trainlib.seeding import seed_everything
+from trainlib.stale_trials import StaleTrialReaper, retried_trial_number, wait_for_other_trials
 from trainlib.stores import (
     GRACE_PERIOD_SECONDS,
     HEARTBEAT_INTERVAL_SECONDS,
@@ -85,7 +85,7 @@ class SweepSummary:
     parent_run_id: str | None
     tracking_uri: str | None
     seconds: float
-    report_deferred: bool = False  # other workers were still running trials; the last to finish writes the report
+    report_deferred: bool = False  # other workers are alive and running trials; the last to finish writes the report
 
 
 _LOST_STORE_EXIT = 3  # a worker process that gave up on a store (the CLI uses the same code)
@@ -146,7 +146,7 @@ def plan_sweep(
 ) -> SweepPlan:
     """Check every command-line choice before anything is created; raise InvalidArgument on the first bad one."""
     n_trials = config.study.n_trials if n_trials is None else n_trials
-    check_positive_int("--n-trials", n_trials)
+    check_non_negative_int("--n-trials", n_trials)
     check_positive_int("--workers", workers)
     check_positive_int("--heartbeat-interval", heartbeat_interval)
     check_positive_int("--grace-period", grace_period)
@@ -321,8 +321,13 @@ for _name in (
 
 
 def open_study(plan: SweepPlan, worker_index: int = 0) -> tuple[optuna.Study, bool]:
-    """Create the study, or load it to resume; returns (study, whether this call created it)."""
+    """Create the study, or load it to resume; returns (study, whether this call created it).
+
+    With ``--n-trials 0`` the study must exist: such a command only finishes it (see stale_trials).
+    """
     settings = plan.config.study
+    if plan.n_trials == 0:
+        _check_study_exists(plan)
     storage = open_storage(
         plan.storage_url,
         heartbeat_interval=plan.heartbeat_interval,
@@ -354,6 +359,25 @@ def open_study(plan: SweepPlan, worker_index: int = 0) -> tuple[optuna.Study, bo
     return study, created
 
 
+def _check_study_exists(plan: SweepPlan) -> None:
+    """Raise InvalidArgument unless the study exists (checked without creating a journal file)."""
+    name, url = plan.config.study.name, plan.storage_url
+    missing = InvalidArgument(
+        f"study {name!r} not found in {redact(url)}; --n-trials 0 finishes an existing study "
+        "(retries its dead workers' trials, writes its report), give --n-trials 1 or more to start one"
+    )
+    for prefix in ("journal://", "sqlite:///"):
+        if url.startswith(prefix) and not Path(url.removeprefix(prefix)).exists():
+            raise missing
+    if name not in optuna.get_all_study_names(open_storage(url, max_outage_seconds=plan.max_outage_seconds)):
+        raise missing
+
+
+def uses_heartbeats(plan: SweepPlan) -> bool:
+    """True where running trials record heartbeats, so a dead worker's trial is found (PostgreSQL, MySQL)."""
+    return is_database_server(plan.storage_url)
+
+
 class _OnStaleTrial:
     """A trial's worker died (no heartbeat for the grace period): retry the trial once, end its run as KILLED."""
 
@@ -363,6 +387,7 @@ class _OnStaleTrial:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
         self.tracker: SweepTracker | None = None
+        self._lock = threading.Lock()  # called from the reaper thread and from Optuna at each trial's start
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         retried = len(trial.system_attrs.get("retry_history", []))
@@ -372,9 +397,10 @@ class _OnStaleTrial:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.retry(study, trial)
         if self.plan.tracking_uri is not None:
-            if self.tracker is None:
-                self.tracker = SweepTracker(self.plan.tracking_uri, study.study_name, self.plan.max_outage_seconds)
-            self.tracker.end_lost_trial(study, trial, reason)
+            with self._lock:
+                if self.tracker is None:
+                    self.tracker = SweepTracker(self.plan.tracking_uri, study.study_name, self.plan.max_outage_seconds)
+                self.tracker.end_lost_trial(study, trial, reason)
 
 
 @functools.lru_cache(maxsize=4)
@@ -443,17 +469,53 @@ def _make_tracker(plan: SweepPlan) -> SweepTracker | NullTracker:
 
 
 def _optimize(
-    study: optuna.Study, plan: SweepPlan, tracker: Any, n_trials: int, on_trial: Callable[..., None] | None = None
+    study: optuna.Study,
+    plan: SweepPlan,
+    tracker: Any,
+    new_trials: int,
+    on_trial: Callable[..., None] | None = None,
+) -> None:
+    """Run ``new_trials`` new trials; retries of dead workers' trials that come this way run in addition."""
+    if new_trials > 0:
+        _run_trials(study, plan, tracker, [_NewTrialBudget(new_trials), *([on_trial] if on_trial else [])])
+
+
+def _run_one_trial(study: optuna.Study, plan: SweepPlan, tracker: Any) -> None:
+    """Run one trial, a waiting one (a retry) first; used once this command's share is done."""
+    _run_trials(study, plan, tracker, [], n_trials=1)
+
+
+def _run_trials(
+    study: optuna.Study,
+    plan: SweepPlan,
+    tracker: Any,
+    callbacks: list[Callable[..., None]],
+    n_trials: int | None = None,
 ) -> None:
     config = plan.config
     device = resolve_device(config.training.device)
     data = config.data
     splits = _load_splits(data.dataset, config.training.seed, data.val_fraction, data.num_samples)
     objective = functools.partial(run_trial, config=config, splits=splits, device=device, tracker=tracker)
-    callbacks = [functools.partial(tracker.on_trial_finished, metric=config.study.metric)]
-    if on_trial is not None:
-        callbacks.append(on_trial)
+    callbacks = [functools.partial(tracker.on_trial_finished, metric=config.study.metric), *callbacks]
     study.optimize(objective, n_trials=n_trials, catch=(TrainingDiverged,), callbacks=callbacks)
+
+
+class _NewTrialBudget:
+    """Optuna callback: stop the study's optimize loop once ``n`` trials that are not retries have finished.
+
+    Optuna runs a waiting trial (a dead worker's, enqueued for retry) before it draws a new one, and would count
+    it against ``n_trials``; here a retry replaces the lost trial, so --n-trials new trials still run.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.remaining = n
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if retried_trial_number(trial) is None:
+            self.remaining -= 1
+        if self.remaining <= 0:
+            study.stop()
 
 
 def _worker_main(plan: SweepPlan, worker_index: int, n_trials: int, threads: int, parent_run_id: str | None) -> None:
@@ -492,10 +554,12 @@ def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
     already_finished = _count_finished(study)
     progress = tqdm(total=plan.n_trials, desc=f"study {config.study.name}", unit="trial", disable=not show_progress)
     try:
-        if plan.workers == 1:
-            _optimize(study, plan, tracker, plan.n_trials, on_trial=lambda s, t: _advance(progress, s))
-        else:
-            _run_workers(plan, tracker.parent_run_id, study, progress, already_finished)
+        with _reaper(study, plan) as reaper:
+            if plan.workers == 1:
+                _optimize(study, plan, tracker, plan.n_trials, on_trial=lambda s, t: _advance(progress, s, t))
+            else:
+                _run_workers(plan, tracker.parent_run_id, study, progress, already_finished)
+            last_alive = _finish_study(study, plan, tracker, reaper)
     except KeyboardInterrupt:
         progress.close()
         tracker.end_sweep("KILLED")
@@ -510,12 +574,36 @@ def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
         tracker.end_sweep("FAILED")
         raise
     progress.close()
-    summary = _summarize(study, plan, tracker, started)
-    tracker.end_sweep("FINISHED")
+    summary = _summarize(study, plan, tracker, started, report=last_alive)
+    tracker.end_sweep("FINISHED" if last_alive else None)  # else the last live command ends the parent run
     return summary
 
 
-def _advance(progress: tqdm, study: optuna.Study) -> None:
+def _reaper(study: optuna.Study, plan: SweepPlan) -> contextlib.AbstractContextManager[StaleTrialReaper | None]:
+    """While the command lives, fail dead workers' trials every heartbeat interval (heartbeat storages only)."""
+    return StaleTrialReaper(study, plan.heartbeat_interval) if uses_heartbeats(plan) else contextlib.nullcontext()
+
+
+def _finish_study(study: optuna.Study, plan: SweepPlan, tracker: Any, reaper: StaleTrialReaper | None) -> bool:
+    """After this command's share: wait for other workers' trials, retry dead ones; True if this command reports.
+
+    Without heartbeats a dead worker cannot be told from a live one, so every command writes the report.
+    """
+    if reaper is None:
+        return True
+    return wait_for_other_trials(
+        study,
+        reaper,
+        grace_period=plan.grace_period,
+        heartbeat_interval=plan.heartbeat_interval,
+        run_retry=lambda: _run_one_trial(study, plan, tracker),
+        before_poll=_raise_if_interrupted,
+    )
+
+
+def _advance(progress: tqdm, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    if retried_trial_number(trial) is not None:
+        progress.total += 1  # a dead worker's trial, run again in addition
     progress.update(1)
     _show_best(progress, study)
 
@@ -582,7 +670,7 @@ def _fixed_params(config: SweepConfig) -> dict[str, Any]:
     return flat
 
 
-def _summarize(study: optuna.Study, plan: SweepPlan, tracker: Any, started: float) -> SweepSummary:
+def _summarize(study: optuna.Study, plan: SweepPlan, tracker: Any, started: float, report: bool) -> SweepSummary:
     trials = study.get_trials(deepcopy=False)
     counts = {
         name: sum(trial.state == state for trial in trials)
@@ -598,7 +686,6 @@ def _summarize(study: optuna.Study, plan: SweepPlan, tracker: Any, started: floa
     best_trial = study.best_trial if counts["complete"] else None
     test_accuracy = None
     files: list[Path] = []
-    report = not _other_workers_running(study)
     if best_trial is not None and report:  # first: the tracking thread logs the model while the report is drawn
         test_accuracy = _test_best_model(best_trial, plan.config, tracker)
     with tempfile.TemporaryDirectory(prefix="trainlib-report-") as folder_name:
@@ -621,20 +708,6 @@ def _summarize(study: optuna.Study, plan: SweepPlan, tracker: Any, started: floa
         seconds=time.perf_counter() - started,
         report_deferred=not report,
     )
-
-
-def _other_workers_running(study: optuna.Study) -> bool:
-    """True while other commands (other machines) still run trials of the study: the last to finish reports.
-
-    Only with heartbeats (PostgreSQL/MySQL) is a RUNNING trial known to be alive: a dead worker's trial is
-    failed here once its grace period has passed. Without heartbeats every command writes the report.
-    """
-    if not is_heartbeat_enabled(study._storage):
-        return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
 
 def _plot_study(study: optuna.Study, folder: Path) -> list[Path]:

@@ -367,11 +367,11 @@ class SweepTracker:
         study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)  # published last: joiners find a complete parent
         return parent_run_id
 
-    def end_sweep(self, status: str) -> None:
-        """Mark the parent run FINISHED, FAILED or KILLED once everything queued has reached the store."""
+    def end_sweep(self, status: str | None) -> None:
+        """Mark the parent run FINISHED, FAILED or KILLED (None: leave it) once everything queued is in the store."""
         try:
             self.flush()
-            if self.parent_log.run is not None:
+            if self.parent_log.run is not None and status is not None:
                 self.call(lambda: self.client.set_terminated(self.parent_run_id, status))
         finally:
             self._thread.shutdown(wait=False)
@@ -557,7 +557,7 @@ class NullTracker:
     def flush(self) -> None:
         pass
 
-    def end_sweep(self, status: str) -> None:
+    def end_sweep(self, status: str | None) -> None:
         pass
 
     def on_trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, metric: str) -> None:
