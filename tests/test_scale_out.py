@@ -528,6 +528,31 @@ def test_when_every_worker_died_n_trials_0_retries_and_reports(
     assert "best model's test accuracy" in log.read_text()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Optuna: heartbeats are meant for Study.optimize, not ask
+def test_a_live_local_worker_is_never_failed_however_late_its_heartbeat(postgres: Postgres) -> None:
+    """A loaded machine can delay a heartbeat past the grace period; a trial whose process still runs here stays."""
+    from trainlib.stale_trials import WORKER_ATTR, fail_stale_trials, worker_identity
+    from trainlib.sweep import open_storage
+
+    storage = open_storage(with_installed_driver(postgres.url()), heartbeat_interval=1, grace_period=2)
+    name = unique("late")
+    study = optuna.create_study(study_name=name, storage=storage)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    alive, dead = study.ask(), study.ask()
+    alive.set_user_attr(WORKER_ATTR, worker_identity())
+    dead.set_user_attr(WORKER_ATTR, worker_identity(gone.pid))
+    study_id = storage.get_study_id_from_name(name)
+    for trial in (alive, dead):
+        storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+    time.sleep(3)  # both heartbeats are now older than the 2 s grace period
+
+    fail_stale_trials(study)
+
+    states = {trial.number: trial.state for trial in study.get_trials(deepcopy=False)}
+    assert states == {alive.number: optuna.trial.TrialState.RUNNING, dead.number: optuna.trial.TrialState.FAIL}
+
+
 def test_database_restart_mid_sweep_is_waited_out(
     postgres: Postgres, tracking_server: TrackingServer, tmp_path: Path
 ) -> None:

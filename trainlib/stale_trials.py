@@ -19,10 +19,13 @@ in docs/scale-out.md:
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 
 import optuna
@@ -34,6 +37,51 @@ log = logging.getLogger(__name__)
 # a loaded machine (storage calls that take seconds).
 REAP_MARGIN_SECONDS = 10.0
 POLL_SECONDS = 1.0
+# Trial user attribute naming the process that runs the trial (see worker_identity).
+WORKER_ATTR = "worker"
+
+
+def worker_identity(pid: int | None = None) -> str:
+    """'host:pid@boot' for a process of this machine (this one by default); the boot id tells reboots apart."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}@{_boot_id()}"
+
+
+def is_live_local_worker(identity: object) -> bool:
+    """True when ``identity`` (a trial's WORKER_ATTR) names a process of this machine that is still running.
+
+    Such a trial is never failed as stale: its heartbeat is late (a starved thread, a slow database), and its
+    worker is not dead. A killed process is gone (or a zombie) at once, so its trial can be reaped.
+    """
+    if not isinstance(identity, str) or "@" not in identity or ":" not in identity:
+        return False
+    place, boot = identity.rsplit("@", 1)
+    host, pid_text = place.rsplit(":", 1)
+    if host != socket.gethostname() or boot != _boot_id() or not pid_text.isdigit():
+        return False
+    return _process_running(int(pid_text))
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _process_running(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"  # field 3, after the command name
+    except OSError:
+        if Path("/proc/self/stat").exists():
+            return False  # Linux, and no such process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def retried_trial_number(trial: FrozenTrial) -> int | None:

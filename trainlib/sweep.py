@@ -36,7 +36,14 @@ from trainlib.errors import InvalidArgument, check_non_negative_int, check_posit
 from trainlib.models import build_model
 from trainlib.search import PRUNERS, SAMPLERS, suggest
 from trainlib.seeding import seed_everything
-from trainlib.stale_trials import StaleTrialReaper, retried_trial_number, wait_for_other_trials
+from trainlib.stale_trials import (
+    WORKER_ATTR,
+    StaleTrialReaper,
+    is_live_local_worker,
+    retried_trial_number,
+    wait_for_other_trials,
+    worker_identity,
+)
 from trainlib.stores import (
     GRACE_PERIOD_SECONDS,
     HEARTBEAT_INTERVAL_SECONDS,
@@ -269,6 +276,19 @@ class PatientRDBStorage(optuna.storages.RDBStorage):
             log.debug("heartbeat of trial %d not recorded: the database is unreachable", trial_id)
             raise SystemExit from None  # ends the heartbeat thread without a traceback
 
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials (no heartbeat for the grace period), less those of live processes of this machine.
+
+        Optuna asks this at every trial's start and the reaper every heartbeat interval; a trial whose worker
+        runs here is alive whatever its heartbeat says, so a loaded machine never fails its own trials.
+        """
+        stale = self._patiently(lambda: optuna.storages.RDBStorage._get_stale_trial_ids(self, study_id))
+        return [
+            trial_id
+            for trial_id in stale
+            if not is_live_local_worker(self.get_trial_user_attrs(trial_id).get(WORKER_ATTR))
+        ]
+
     def _patiently(self, call: Callable[[], Any]) -> Any:
         return call_patiently(
             call,
@@ -315,7 +335,6 @@ for _name in (
     "get_trial",
     "get_all_trials",
     "get_best_trial",
-    "_get_stale_trial_ids",
 ):
     setattr(PatientRDBStorage, _name, _patient_method(_name))
 
@@ -413,6 +432,7 @@ def run_trial(
 ) -> float:
     """One trial: suggest hyperparameters, build the model, train it with tracking and pruning callbacks."""
     _raise_if_interrupted()
+    trial.set_user_attr(WORKER_ATTR, worker_identity())  # its own machine never fails it as stale while it runs
     params = suggest(trial, config.search)
     seed_everything(config.training.seed + trial.number)
     model = build_model(config.model.name, splits.num_features, splits.num_classes, **config.model.options())
