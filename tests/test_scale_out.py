@@ -444,6 +444,29 @@ def wait_until_training(
     return trial, run
 
 
+@dataclass
+class KilledStudy:
+    """A study whose first worker (the victim) is training its one endless trial."""
+
+    name: str
+    config: Path
+    client: MlflowClient
+    stores: tuple[str, str]
+    victim: subprocess.Popen
+    dead: optuna.trial.FrozenTrial
+    victim_run: object
+
+
+def start_killed_study(kind: str, postgres: Postgres, tracking_server: TrackingServer, tmp_path: Path) -> KilledStudy:
+    """Start a victim on a new study and wait until it trains (it is killed by the test)."""
+    study, config = unique(kind), write_config(tmp_path)
+    client = MlflowClient(tracking_server.url)
+    stores = (postgres.url(), tracking_server.url)
+    victim = start_victim(config, study, stores, tmp_path / "victim.log")
+    dead, victim_run = wait_until_training(postgres, client, study, victim)
+    return KilledStudy(study, config, client, stores, victim, dead, victim_run)
+
+
 def assert_retried_once_and_reported(
     postgres: Postgres, client: MlflowClient, study: str, dead_number: int, victim_run_id: str, new_trials: int
 ) -> None:
@@ -485,12 +508,8 @@ def test_sigkilled_worker_trial_is_failed_retried_once_and_reported_by_the_survi
     trial, retries it once and, the last worker alive, writes the report. The order is forced by events: the
     survivor is frozen (SIGSTOP) in one of its trials while the victim is killed.
     """
-    study = unique("killed")
-    config = write_config(tmp_path)
-    client = MlflowClient(tracking_server.url)
-    stores = (postgres.url(), tracking_server.url)
-    victim = start_victim(config, study, stores, tmp_path / "victim.log")
-    dead, victim_run = wait_until_training(postgres, client, study, victim)
+    killed = start_killed_study("killed", postgres, tracking_server, tmp_path)
+    study, config, client, stores, victim = killed.name, killed.config, killed.client, killed.stores, killed.victim
     log = tmp_path / "survivor.log"
     survivor = start_worker(config, study, *stores, log, *FAST_HEARTBEATS, "--n-trials", "3")
     wait_for(lambda: runs_of_worker(client, study, survivor, "RUNNING"), HANG_SECONDS, "the survivor's trial")
@@ -502,7 +521,8 @@ def test_sigkilled_worker_trial_is_failed_retried_once_and_reported_by_the_survi
         survivor.send_signal(signal.SIGCONT)
     finish([survivor], [log])
 
-    assert_retried_once_and_reported(postgres, client, study, dead.number, victim_run.info.run_id, new_trials=3)
+    run_id = killed.victim_run.info.run_id
+    assert_retried_once_and_reported(postgres, client, study, killed.dead.number, run_id, new_trials=3)
     assert "other workers are still running trials" not in log.read_text()
 
 
@@ -510,12 +530,8 @@ def test_when_every_worker_died_n_trials_0_retries_and_reports(
     postgres: Postgres, tracking_server: TrackingServer, tmp_path: Path
 ) -> None:
     """The study's only worker is killed; the next command with --n-trials 0 finishes the study."""
-    study = unique("all-dead")
-    config = write_config(tmp_path)
-    client = MlflowClient(tracking_server.url)
-    stores = (postgres.url(), tracking_server.url)
-    victim = start_victim(config, study, stores, tmp_path / "victim.log")
-    dead, victim_run = wait_until_training(postgres, client, study, victim)
+    killed = start_killed_study("all-dead", postgres, tracking_server, tmp_path)
+    study, config, client, stores, victim = killed.name, killed.config, killed.client, killed.stores, killed.victim
     victim.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=HANG_SECONDS) == -signal.SIGKILL
     parents, _ = experiment_runs(client, study)
@@ -524,7 +540,8 @@ def test_when_every_worker_died_n_trials_0_retries_and_reports(
     log = tmp_path / "finisher.log"
     finish([start_worker(config, study, *stores, log, *FAST_HEARTBEATS, "--n-trials", "0")], [log])
 
-    assert_retried_once_and_reported(postgres, client, study, dead.number, victim_run.info.run_id, new_trials=0)
+    run_id = killed.victim_run.info.run_id
+    assert_retried_once_and_reported(postgres, client, study, killed.dead.number, run_id, new_trials=0)
     assert "best model's test accuracy" in log.read_text()
 
 
