@@ -154,14 +154,19 @@ def test_digits_splits_partition_the_dataset():
     assert set(rows) == expected
 
 
-def test_digits_test_part_is_disjoint_from_train_and_fixed_by_the_seed():
+def test_digits_test_part_is_disjoint_from_train_and_the_same_for_every_seed():
+    """Studies with different training seeds must report test accuracy on the same held-out samples."""
     splits = load_dataset("digits", seed=0)
     other_val_fraction = load_dataset("digits", seed=0, val_fraction=0.3)
+    other_seed = load_dataset("digits", seed=1)
 
     train_rows = {tuple(row) for row in splits.train.tensors[0].tolist()}
     test_rows = {tuple(row) for row in splits.test.tensors[0].tolist()}
     assert train_rows.isdisjoint(test_rows)
-    assert torch.equal(splits.test.tensors[0], other_val_fraction.test.tensors[0])
+    for other in (other_val_fraction, other_seed):
+        assert torch.equal(splits.test.tensors[0], other.test.tensors[0])
+        assert torch.equal(splits.test.tensors[1], other.test.tensors[1])
+    assert not torch.equal(splits.val.tensors[0], other_seed.val.tensors[0])  # the seed draws train/val only
 
 
 def test_digits_split_is_stratified():
@@ -211,8 +216,10 @@ def test_mnist1d_default_sizes(tmp_path, monkeypatch):
     monkeypatch.setenv("TRAINLIB_CACHE_DIR", str(tmp_path))
 
     splits = load_dataset("mnist1d", val_fraction=0.2)
+    other_seed = load_dataset("mnist1d", val_fraction=0.2, seed=1)
 
     assert (len(splits.train), len(splits.val), len(splits.test)) == (3200, 800, 1000)
+    assert torch.equal(splits.test.tensors[0], other_seed.test.tensors[0])  # MNIST-1D's own test part
     assert splits.num_features == 40
     assert splits.train.tensors[0].shape == (3200, 40)
 

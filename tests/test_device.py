@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from trainlib import InvalidArgument, device_name, resolve_device, synchronize
+from trainlib import InvalidArgument, device_name, resolve_device
 from trainlib.device import DEVICE_CHOICES
 
 mps_available = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
@@ -62,7 +62,15 @@ def test_unknown_device_names_the_value_and_the_choices(spec):
         assert choice in message
 
 
-def test_cpu_helpers():
-    cpu = torch.device("cpu")
-    synchronize(cpu)  # a no-op on the CPU, and must not touch CUDA
-    assert device_name(cpu) == "cpu"
+def test_cpu_helpers_never_initialise_cuda():
+    """Timing a CPU epoch must not start a CUDA context (seconds, and GPU memory) on a machine that has one."""
+    import subprocess
+    import sys
+
+    check = (
+        "import torch; from trainlib import synchronize, device_name; cpu = torch.device('cpu'); synchronize(cpu); "
+        "print(device_name(cpu), torch.cuda.is_initialized())"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True)
+
+    assert result.stdout.split() == ["cpu", "False"]

@@ -123,7 +123,7 @@ class Postgres:
     account: pwd.struct_passwd | None
 
     def pg_ctl(self, *args: str) -> None:
-        self._run(postgres_program("pg_ctl"), "-D", str(self.folder / "data"), *args)
+        self.run_as_owner(postgres_program("pg_ctl"), "-D", str(self.folder / "data"), *args)
 
     def start(self) -> None:
         options = f"-h 127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off -c full_page_writes=off"
@@ -135,7 +135,7 @@ class Postgres:
     def url(self) -> str:
         return f"postgresql://{DB_USER}:{PASSWORD}@127.0.0.1:{self.port}/postgres"
 
-    def _run(self, *command: str) -> None:
+    def run_as_owner(self, *command: str) -> None:
         owner = {"user": self.account.pw_uid, "group": self.account.pw_gid} if self.account else {}
         subprocess.run(command, check=True, capture_output=True, cwd=self.folder, **owner)
 
@@ -152,7 +152,7 @@ def postgres() -> Iterator[Postgres]:
     password_file.write_text(PASSWORD + "\n")
     if account:
         os.chown(password_file, account.pw_uid, account.pw_gid)
-    server._run(
+    server.run_as_owner(
         postgres_program("initdb"),
         *("-D", str(folder / "data"), "-U", DB_USER, f"--pwfile={password_file}", "--auth=scram-sha-256"),
         *("-E", "UTF8", "--no-sync"),
@@ -383,15 +383,13 @@ def test_storage_password_appears_in_no_param_tag_artifact_or_log(
 
 
 def test_concurrent_starts_on_a_study_without_parent_agree_on_one(
-    postgres: Postgres, tracking_server: TrackingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres: Postgres, tracking_server: TrackingServer, tmp_path: Path
 ) -> None:
     """Many commands joining a study nobody made a parent run for (e.g. created with --no-tracking): one wins."""
-    import mlflow.tracking._tracking_service.utils as tracking_utils
+    from trainlib.sweep.storage import open_storage
+    from trainlib.sweep.study import StudyParentSlot
+    from trainlib.tracking import MlflowTracker
 
-    from trainlib.sweep import open_storage
-    from trainlib.tracking import SweepTracker
-
-    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)  # SweepTracker sets it for this process
     storage_url = with_installed_driver(postgres.url())
     orphan = unique("orphan")
     optuna.create_study(study_name=orphan, storage=open_storage(storage_url))
@@ -400,11 +398,12 @@ def test_concurrent_starts_on_a_study_without_parent_agree_on_one(
     parent_ids: list[str] = []
 
     def join() -> None:
-        study = optuna.load_study(study_name=orphan, storage=open_storage(storage_url))
-        tracker = SweepTracker(tracking_server.url, orphan)
+        storage = open_storage(storage_url)
+        study = optuna.load_study(study_name=orphan, storage=storage)
+        tracker = MlflowTracker(tracking_server.url, orphan)
         barrier.wait()
-        tracker.start_sweep(study, False, {"study.name": orphan}, {}, config)
-        parent_ids.append(tracker.parent_run_id)
+        tracker.start_sweep(StudyParentSlot(study, storage), False, {"study.name": orphan}, {}, config)
+        parent_ids.append(tracker.wait_for_parent_run_id())
 
     threads = [threading.Thread(target=join) for _ in range(4)]
     for thread in threads:
@@ -548,8 +547,8 @@ def test_when_every_worker_died_n_trials_0_retries_and_reports(
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Optuna: heartbeats are meant for Study.optimize, not ask
 def test_a_live_local_worker_is_never_failed_however_late_its_heartbeat(postgres: Postgres) -> None:
     """A loaded machine can delay a heartbeat past the grace period; a trial whose process still runs here stays."""
-    from trainlib.stale_trials import WORKER_ATTR, fail_stale_trials, worker_identity
-    from trainlib.sweep import open_storage
+    from trainlib.sweep.stale_trials import WORKER_ATTR, fail_stale_trials, worker_identity
+    from trainlib.sweep.storage import open_storage
 
     storage = open_storage(with_installed_driver(postgres.url()), heartbeat_interval=1, grace_period=2)
     name = unique("late")

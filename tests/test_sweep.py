@@ -14,8 +14,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from trainlib.config import load_config
-from trainlib.sweep import plan_sweep, run_sweep
+from trainlib.sweep import load_config, plan_sweep, run_sweep
+from trainlib.sweep.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.toml"
@@ -62,8 +62,6 @@ def runs_of(client: MlflowClient, experiment: str) -> tuple[object, list[object]
 
 
 def load_study(stores: dict[str, str], name: str) -> optuna.Study:
-    from trainlib.sweep import open_storage
-
     return optuna.load_study(study_name=name, storage=open_storage(stores["storage"]))
 
 
@@ -109,10 +107,12 @@ def test_sweep_records_parent_and_child_runs(stores: dict[str, str], tmp_path: P
     assert model_metrics["best_val_accuracy"] == pytest.approx(summary.best_value)
 
 
-def test_the_logged_best_model_serves_and_scores_its_test_accuracy(stores: dict[str, str]) -> None:
+def test_the_logged_best_model_serves_and_scores_its_test_accuracy(
+    stores: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
 
-    from trainlib.sweep import _load_splits
+    from trainlib.sweep.objective import load_splits
 
     summary = sweep(SMOKE)
     client = MlflowClient(stores["tracking_uri"])
@@ -120,8 +120,9 @@ def test_the_logged_best_model_serves_and_scores_its_test_accuracy(stores: dict[
     (logged,) = client.search_logged_models([parent.info.experiment_id])
 
     config = load_config(SMOKE)
-    splits = _load_splits(config.data.dataset, config.training.seed, config.data.val_fraction, None)
+    splits = load_splits(config.data, config.training.seed)
     features, labels = (tensor.numpy() for tensor in splits.test.tensors)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stores["tracking_uri"])  # as a user of the store would
     served = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")  # as `mlflow models serve` loads it
     logits = served.predict(features)
     assert logits.shape == (len(labels), splits.num_classes)
@@ -252,26 +253,27 @@ def test_an_interrupt_python_dropped_still_stops_the_sweep_at_the_next_trial(sto
     """Python drops an exception raised in a weakref callback or finalizer; a Ctrl-C landing there must not be lost."""
     import weakref
 
-    from trainlib import sweep as sweep_module
+    from trainlib.sweep import SweepInterrupted, install_interrupt_handler
+    from trainlib.sweep.interrupts import forget_interrupt, interrupt
 
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    sweep_module.install_interrupt_handler()
+    install_interrupt_handler()
     try:
 
         class Garbage:
             pass
 
         garbage = Garbage()
-        reference = weakref.ref(garbage, lambda _: sweep_module._interrupt(signal.SIGINT, None))
+        reference = weakref.ref(garbage, lambda _: interrupt(signal.SIGINT, None))
         del garbage  # the callback raises KeyboardInterrupt; Python prints "Exception ignored" and goes on
         assert reference() is None
 
-        with pytest.raises(sweep_module.SweepInterrupted):
+        with pytest.raises(SweepInterrupted):
             sweep(SMOKE)
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
-        sweep_module._interrupt_received.clear()
+        forget_interrupt()
 
     parent, children = runs_of(MlflowClient(stores["tracking_uri"]), "smoke")
     assert parent.info.status == "KILLED"
@@ -359,3 +361,35 @@ def test_n_trials_0_on_a_missing_study_is_one_line_exit_2_and_writes_nothing(sto
 def test_negative_n_trials_is_refused(stores: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="--n-trials must be an integer of 0 or more, got -1"):
         plan_sweep(load_config(SMOKE), SMOKE, n_trials=-1)
+
+
+def test_each_trial_shuffles_with_a_seed_derived_from_training_seed(
+    stores: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch order follows training.seed (and the trial), so studies with other seeds see other orders."""
+    from trainlib.sweep import objective
+
+    shuffle_seeds: list[int | None] = []
+    real_make_loader = objective.make_loader
+
+    def recording_make_loader(dataset, batch_size, shuffle, *args, seed=None, **kwargs):
+        if shuffle:
+            shuffle_seeds.append(seed)
+        return real_make_loader(dataset, batch_size, shuffle, *args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(objective, "make_loader", recording_make_loader)
+    sweep(write_config(tmp_path, "seeded.toml", seed="5", n_trials="2", epochs="1"), tracking=False)
+
+    assert shuffle_seeds == [5, 6]  # training.seed + trial number, not the trial number alone
+
+
+def test_the_same_config_gives_the_same_trials_in_a_new_store(
+    stores: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reproducible on one machine: a new store, the same config, the same draws and the same results."""
+    first = sweep(SMOKE, n_trials=3, tracking=False)
+    monkeypatch.setenv("TRAINLIB_MLRUNS_DIR", str(tmp_path / "second"))
+    second = sweep(SMOKE, n_trials=3, tracking=False)
+
+    columns = ["number", "value", "lr", "batch_size", "optimizer"]
+    assert first.top_trials[columns].to_dict("records") == second.top_trials[columns].to_dict("records")

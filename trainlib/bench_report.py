@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from trainlib.errors import InvalidArgument
-from trainlib.stores import redact, resolve_tracking_uri
+from trainlib.stores import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +27,6 @@ CASE_KEYS = ("workload", "device", "loader", "num_workers", "batch_size", "datas
 BASELINE_CASE = {"device": "cpu", "loader": "torch", "num_workers": 0}
 PARITY_SLOWDOWN_LIMIT = 1.03  # (a) trainlib within 3% of (b) the eager loop
 PARITY_SPEEDUP_TARGET = 1.10  # (a) trainlib at least 1.10x as fast as (c) the seed's loop
-MACHINE_PARAMS = (
-    "torch_version",
-    "cuda_version",
-    "cudnn_version",
-    "gpu_name",
-    "gpu_count",
-    "cpu_model",
-    "cpu_count",
-    "usable_cpu_count",
-    "torch_num_threads",
-    "python_version",
-    "numpy_version",
-    "mnist1d_version",
-    "pytest_benchmark_version",
-    "system",
-    "release",
-)
 
 
 @dataclass(frozen=True)
@@ -178,7 +160,9 @@ def write_reports(
     log.debug("wrote %s", ", ".join(str(path) for path in report.files))
     if uri is None:
         return report
-    run_id = log_to_mlflow(results, report, uri)
+    from trainlib.tracking.bench_runs import log_bench_run
+
+    run_id = log_bench_run(results, [*report.files, results.path], uri, EXPERIMENT_NAME)
     return BenchReport(report.markdown, report.csv, report.chart, run_id)
 
 
@@ -359,95 +343,3 @@ def plot_throughput(results: BenchResults, path: Path) -> None:
         axis.legend(fontsize="small")
     figure.suptitle(f"Epoch throughput, cnn1d + Adam ({results.machine_info.get('cpu_model', '')})", fontsize="medium")
     figure.savefig(path, dpi=90)
-
-
-# ---- MLflow ----
-
-
-def log_to_mlflow(results: BenchResults, report: BenchReport, tracking_uri: str) -> str:
-    """Log the bench run as a parent run with one child run per case; return the parent run id."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Param
-
-    from trainlib.tracking import ensure_experiment
-
-    client = MlflowClient(tracking_uri)
-    experiment_id = ensure_experiment(client, tracking_uri, EXPERIMENT_NAME)
-    already = client.search_runs(
-        [experiment_id], filter_string=f"tags.`trainlib.bench_sha256` = '{results.sha256}'", max_results=1
-    )
-    if already:
-        run_id = already[0].info.run_id
-        log.info("bench run %s is already in MLflow as run %s; not logging it again", results.path.name, run_id)
-        return run_id
-    machine = results.machine_info
-    parent = client.create_run(
-        experiment_id,
-        run_name=f"bench {results.datetime[:19]}",
-        tags={
-            "trainlib.role": "bench",
-            "trainlib.bench_sha256": results.sha256,
-            "trainlib.bench_file": results.path.name,
-            "bench.datetime": results.datetime,
-            "git.commit": str(results.commit_info.get("id", "unknown")),
-            "git.dirty": str(results.commit_info.get("dirty", "unknown")),
-            "host": str(machine.get("node", "unknown")),
-        },
-    )
-    parent_id = parent.info.run_id
-    try:
-        params = [Param(key, str(machine[key])[:6000]) for key in MACHINE_PARAMS if key in machine]
-        client.log_batch(parent_id, params=params)
-        now = int(time.time() * 1000)
-        for row in results.cases.itertuples():
-            _log_case(client, experiment_id, parent_id, row, now)
-        for path in (*report.files, results.path):
-            client.log_artifact(parent_id, str(path))
-    except BaseException:
-        client.set_terminated(parent_id, "FAILED")
-        raise
-    client.set_terminated(parent_id, "FINISHED")
-    log.info(
-        "logged %d cases to experiment %r at %s (run %s)",
-        len(results.cases),
-        EXPERIMENT_NAME,
-        redact(tracking_uri),
-        parent_id,
-    )
-    return parent_id
-
-
-def _log_case(client: Any, experiment_id: str, parent_id: str, row: Any, timestamp_ms: int) -> None:
-    from mlflow.entities import Metric, Param, RunTag
-
-    run = client.create_run(
-        experiment_id, run_name=row.name, tags={"mlflow.parentRunId": parent_id, "trainlib.role": "bench-case"}
-    )
-    params = {
-        "device": row.device,
-        "device_name": row.device_name,
-        "num_workers": row.num_workers,
-        "workload": row.workload,
-        "loader": row.loader,
-        "memory": row.memory,
-        "batch_size": row.batch_size,
-        "dataset_size": row.dataset_size,
-        "group": row.group,
-    }
-    if row.loop:
-        params["loop"] = row.loop
-    metrics = {
-        "samples_per_second": row.samples_per_second,
-        "median_epoch_seconds": row.median_epoch_seconds,
-        "samples_per_second_iqr": row.samples_per_second_iqr,
-        "rounds": row.rounds,
-    }
-    if not math.isnan(row.speedup):
-        metrics["speedup"] = row.speedup
-    client.log_batch(
-        run.info.run_id,
-        metrics=[Metric(key, float(value), timestamp_ms, 0) for key, value in metrics.items()],
-        params=[Param(key, str(value)) for key, value in params.items()],
-        tags=[RunTag("mlflow.note.content", f"pytest-benchmark case {row.name}")],
-    )
-    client.set_terminated(run.info.run_id, "FINISHED")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,6 +20,9 @@ from trainlib.stores import (
     mlflow_server_command,
     redact,
 )
+
+if TYPE_CHECKING:
+    from trainlib.sweep import SweepSummary
 
 USAGE_ERROR = 2
 STORE_UNAVAILABLE = 3  # the database or the tracking server stayed unreachable past --max-outage
@@ -89,8 +93,7 @@ def sweep(
     max_outage: int,
 ) -> None:
     """Run an Optuna study from an experiment CONFIG (TOML), every trial tracked in MLflow."""
-    from trainlib.config import load_config
-    from trainlib.sweep import SweepInterrupted, install_interrupt_handler, plan_sweep, run_sweep
+    from trainlib.sweep import SweepInterrupted, install_interrupt_handler, load_config, plan_sweep, run_sweep
 
     config = load_config(config_file).with_overrides(
         {
@@ -124,7 +127,7 @@ def sweep(
     click.echo(format_summary(summary))
 
 
-def format_summary(summary: object) -> str:
+def format_summary(summary: SweepSummary) -> str:
     """The end-of-sweep report: counts, top trials, best parameters, test accuracy, how to look at it."""
     lines = [
         f"\nstudy {summary.study_name}: {summary.counts['complete']} complete, {summary.counts['pruned']} pruned, "
@@ -136,7 +139,7 @@ def format_summary(summary: object) -> str:
         lines += ["", f"best value: {summary.best_value:.4f}", f"best params: {summary.best_params}"]
     if summary.test_accuracy is not None:
         lines.append(f"best model's test accuracy (held-out split): {summary.test_accuracy:.4f}")
-    if getattr(summary, "report_deferred", False):
+    if summary.report_deferred:
         lines.append(
             "other workers are still running trials: the last one to finish logs the report and best model "
             "(if they all die, `trainlib sweep CONFIG --n-trials 0` with the same study finishes it)"

@@ -2,7 +2,7 @@
 
 1. Accounting (in-process, low noise). The default sweep runs as `trainlib sweep` would, in a fresh process,
    with clocks on the tracker: wall and CPU time of the sweep's thread inside every tracker entry point (what
-   training waited for), and CPU time of the tracking thread's jobs and of MLflow's async logging workers.
+   training waited for), and CPU time of the tracking thread's jobs.
    Two overheads, against the untracked sweep's estimated time (wall time - what training waited for):
    - waited: what training waited for the tracker;
    - CPU: all CPU the tracking took, in every thread, as if every second of it were taken from training
@@ -11,8 +11,8 @@
 2. Wall time (end to end, noisy on a shared VM). The same `trainlib sweep` command with tracking on and with
    `--no-tracking`, alternated so machine noise hits both alike, each on a fresh study in a warm store.
 
-    .venv/bin/python bench/tracking_overhead.py                      # default study: accounting + 2 pairs
-    .venv/bin/python bench/tracking_overhead.py --n-trials 8 --pairs 0
+    .venv/bin/python tools/tracking_overhead.py                      # default study: accounting + 2 pairs
+    .venv/bin/python tools/tracking_overhead.py --n-trials 8 --pairs 0
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ TRACKER_ENTRY_POINTS = (
     "start_sweep",
     "end_sweep",
     "flush",
-    "on_trial_finished",
+    "log_best_so_far",
+    "start_trial",
     "log_trial_result",
+    "end_trial",
     "load_trial_weights",
     "log_summary",
     "log_best_model",
@@ -101,47 +103,19 @@ class TrackerClock:
 
 
 def instrument(clock: TrackerClock) -> None:
-    """Put the clocks on every tracker entry point, the tracking thread's jobs and MLflow's async logging."""
-    from trainlib.tracking import SweepTracker, TrialRun
+    """Put the clocks on every tracker entry point, each epoch's log call, and the tracking thread's jobs."""
+    from trainlib.tracking import MlflowTracker
+    from trainlib.tracking.runs import RunLog, TrackingThread
 
     for name in TRACKER_ENTRY_POINTS:
-        clock.wrap(SweepTracker, name, name)
-    clock.wrap(TrialRun, "log_epoch", "log_epoch")
-    clock.wrap_background(SweepTracker, "_guarded", "tracking thread")
-    opened = SweepTracker._open
-
-    @functools.wraps(opened)
-    def open_and_watch_async_logging(self: SweepTracker, *args: Any) -> None:
-        opened(self, *args)
-        # MLflow's async queue holds the store's bound log_batch and calls it from its worker threads.
-        queue = self.client.client._tracking_client.store._async_logging_queue
-        clock.wrap_background(queue, "_logging_func", "MLflow async logging")
-
-    SweepTracker._open = open_and_watch_async_logging
-    original_trial_run = SweepTracker.trial_run
-
-    @contextlib.contextmanager
-    def timed_trial_run(self: SweepTracker, trial: Any, params: dict[str, Any]) -> Iterator[Any]:
-        manager = original_trial_run(self, trial, params)
-        with clock.timing("trial_run start"):
-            trial_run = manager.__enter__()
-        try:
-            yield trial_run
-        except BaseException:
-            with clock.timing("trial_run end"):
-                if not manager.__exit__(*sys.exc_info()):
-                    raise
-        else:
-            with clock.timing("trial_run end"):
-                manager.__exit__(None, None, None)
-
-    SweepTracker.trial_run = timed_trial_run
+        clock.wrap(MlflowTracker, name, name)
+    clock.wrap(RunLog, "log_epoch", "log_epoch")
+    clock.wrap_background(TrackingThread, "_guarded", "tracking thread")
 
 
 def account_one(config: str, study: str, n_trials: int | None, epochs: int | None) -> dict[str, Any]:
     """One tracked sweep in this process, with the tracker's time accounted; returns the figures."""
-    from trainlib.config import load_config
-    from trainlib.sweep import plan_sweep, run_sweep
+    from trainlib.sweep import load_config, plan_sweep, run_sweep
 
     clock = TrackerClock()
     instrument(clock)
@@ -218,7 +192,7 @@ def main() -> None:
     parser.add_argument("--n-trials", type=int, default=None, help="default: the config's n_trials")
     parser.add_argument("--epochs", type=int, default=None, help="default: the config's epochs")
     parser.add_argument("--pairs", type=int, default=2, help="tracked/untracked wall-time pairs (0: accounting only)")
-    parser.add_argument("--out", default="bench/results/tracking_overhead.json")
+    parser.add_argument("--out", default="tools/results/tracking_overhead.json")
     parser.add_argument("--_account-one", dest="account_one", help=argparse.SUPPRESS)
     args = parser.parse_args()
 

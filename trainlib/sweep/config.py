@@ -12,63 +12,13 @@ from trainlib.data import DATASET_NAMES
 from trainlib.device import resolve_device
 from trainlib.errors import InvalidArgument
 from trainlib.models import MODEL_NAMES, build_model
-from trainlib.optim import OPTIMIZER_NAMES
-from trainlib.search import PRUNER_NAMES, SAMPLER_NAMES
+from trainlib.sweep.search import PRUNER_NAMES, SAMPLER_NAMES, SearchSpace
 
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FloatRange(_Strict):
-    low: float = Field(gt=0)
-    high: float = Field(gt=0)
-    log: bool = True
-
-    @model_validator(mode="after")
-    def _ordered(self) -> FloatRange:
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        return self
-
-
-class UnitRange(_Strict):
-    low: float = Field(ge=0, lt=1)
-    high: float = Field(gt=0, lt=1)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> UnitRange:
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        return self
-
-
-class SearchSpace(_Strict):
-    lr: FloatRange
-    batch_size: list[int] = Field(min_length=1)
-    optimizer: list[Literal[OPTIMIZER_NAMES]] = Field(min_length=1)  # type: ignore[valid-type]
-    momentum: UnitRange | None = None
-    nesterov: bool = False
-    weight_decay: FloatRange | None = None
-
-    @field_validator("batch_size")
-    @classmethod
-    def _powers_of_two(cls, sizes: list[int]) -> list[int]:
-        for size in sizes:
-            if size <= 0 or size & (size - 1):
-                raise ValueError(f"batch sizes must be positive powers of two, got {size}")
-        if len(set(sizes)) != len(sizes):
-            raise ValueError(f"batch sizes must not repeat, got {sizes}")
-        return sizes
-
-    @field_validator("optimizer")
-    @classmethod
-    def _unique(cls, names: list[str]) -> list[str]:
-        if len(set(names)) != len(names):
-            raise ValueError(f"optimizers must not repeat, got {names}")
-        return names
 
 
 class StudySettings(_Strict):

@@ -2,7 +2,7 @@
 
 Needs a running PostgreSQL and tracking server (docs/scale-out.md shows both), then:
 
-    .venv/bin/python bench/measure_scale_out.py \\
+    .venv/bin/python tools/measure_scale_out.py \\
         --storage postgresql://trainlib:PASSWORD@127.0.0.1:5432/optuna --tracking-uri http://127.0.0.1:5000
 
 Prints markdown tables (throughput for 1, 2, 4 local workers; milliseconds per storage call, per tracking
@@ -30,7 +30,7 @@ import optuna
 from mlflow.entities import Metric, Param
 
 from trainlib.stores import redact, resolve_storage_url
-from trainlib.sweep import open_storage
+from trainlib.sweep.storage import open_storage
 from trainlib.tracking import PatientClient, ensure_experiment
 
 # Requests a tracked trial makes to the server (trainlib.tracking): create run, params, one metric batch per

@@ -1,0 +1,120 @@
+"""The sweep recipe: an Optuna study whose trials call the engine, tracked through a Tracker.
+
+plan_sweep (config + flags -> SweepPlan) -> run_sweep: open the study, start the parent run, run the trials
+(objective.run_trial: suggest, build, train, report), wait for other workers' trials, write the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import optuna
+from tqdm import tqdm
+
+from trainlib.device import resolve_device
+from trainlib.stores import StoreUnavailable
+from trainlib.sweep.config import SweepConfig, load_config
+from trainlib.sweep.interrupts import SweepInterrupted, install_interrupt_handler, raise_if_interrupted
+from trainlib.sweep.plan import SweepPlan, plan_sweep
+from trainlib.sweep.report import SweepSummary, summarize
+from trainlib.sweep.stale_trials import StaleTrialReaper, wait_for_other_trials
+from trainlib.sweep.study import StudyParentSlot, open_study
+from trainlib.sweep.workers import (
+    advance_progress,
+    make_tracker,
+    prepare_process,
+    run_new_trials,
+    run_one_trial,
+    run_workers,
+)
+from trainlib.tracking import Tracker, environment_tags
+
+__all__ = [
+    "SweepConfig",
+    "SweepInterrupted",
+    "SweepPlan",
+    "SweepSummary",
+    "install_interrupt_handler",
+    "load_config",
+    "plan_sweep",
+    "run_sweep",
+]
+
+
+def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
+    """Run ``plan.n_trials`` trials of the study (in ``plan.workers`` processes) and record the summary."""
+    started = time.perf_counter()
+    config = plan.config
+    prepare_process()
+    opened = open_study(plan)
+    study = opened.study
+    tracker = make_tracker(plan)
+    tags = environment_tags(
+        resolve_device(config.training.device), plan.storage_url, config.study.sampler, config.study.pruner
+    )
+    tracker.start_sweep(
+        StudyParentSlot(study, opened.storage), opened.created, fixed_params(config), tags, plan.config_file
+    )
+    progress = tqdm(total=plan.n_trials, desc=f"study {config.study.name}", unit="trial", disable=not show_progress)
+    try:
+        with _reaper(study, plan) as reaper:
+            if plan.workers == 1:
+                run_new_trials(
+                    study, plan, tracker, plan.n_trials, on_trial=lambda s, t: advance_progress(progress, s, t)
+                )
+            else:
+                run_workers(plan, tracker.wait_for_parent_run_id(), study, progress)
+            last_alive = _finish_study(study, plan, tracker, reaper)
+    except KeyboardInterrupt:
+        progress.close()
+        tracker.end_sweep("KILLED")
+        raise SweepInterrupted(config.study.name) from None
+    except StoreUnavailable as lost:
+        progress.close()
+        if lost.store == "storage":  # the tracking server can still be told; one that is gone cannot
+            tracker.end_sweep("FAILED")
+        raise
+    except BaseException:
+        progress.close()
+        tracker.end_sweep("FAILED")
+        raise
+    progress.close()
+    summary = summarize(study, plan, tracker, started, report=last_alive)
+    tracker.end_sweep("FINISHED" if last_alive else None)  # else the last live command ends the parent run
+    return summary
+
+
+def _reaper(study: optuna.Study, plan: SweepPlan) -> contextlib.AbstractContextManager[StaleTrialReaper | None]:
+    """While the command lives, fail dead workers' trials every heartbeat interval (heartbeat storages only)."""
+    return StaleTrialReaper(study, plan.heartbeat_interval) if plan.uses_heartbeats else contextlib.nullcontext()
+
+
+def _finish_study(study: optuna.Study, plan: SweepPlan, tracker: Tracker, reaper: StaleTrialReaper | None) -> bool:
+    """After this command's share: wait for other workers' trials, retry dead ones; True if this command reports.
+
+    Without heartbeats a dead worker cannot be told from a live one, so every command writes the report.
+    """
+    if reaper is None:
+        return True
+    return wait_for_other_trials(
+        study,
+        reaper,
+        grace_period=plan.grace_period,
+        heartbeat_interval=plan.heartbeat_interval,
+        run_retry=lambda: run_one_trial(study, plan, tracker),
+        before_poll=raise_if_interrupted,
+    )
+
+
+def fixed_params(config: SweepConfig) -> dict[str, Any]:
+    """The settings every trial shares, flattened for MLflow params (the search space as text)."""
+    dumped = config.model_dump()
+    flat: dict[str, Any] = {}
+    for section in ("study", "data", "model", "training"):
+        for key, value in dumped[section].items():
+            flat[f"{section}.{key}"] = value
+    for key, value in dumped["search"].items():
+        flat[f"search.{key}"] = value
+    return flat

@@ -1,0 +1,81 @@
+"""A sweep command's plan: every command-line choice checked, and the stores resolved, before anything is created."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainlib.errors import InvalidArgument, check_non_negative_int, check_positive_int
+from trainlib.stores import (
+    GRACE_PERIOD_SECONDS,
+    HEARTBEAT_INTERVAL_SECONDS,
+    MAX_OUTAGE_SECONDS,
+    is_database_server,
+    is_sqlite,
+    resolve_storage_url,
+    resolve_tracking_uri,
+)
+from trainlib.sweep.config import SweepConfig
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything a sweep command needs, validated: what each worker process receives."""
+
+    config: SweepConfig
+    config_file: Path
+    n_trials: int
+    storage_url: str
+    tracking_uri: str | None  # None: --no-tracking
+    workers: int
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_SECONDS  # PostgreSQL/MySQL storages only
+    grace_period: int = GRACE_PERIOD_SECONDS
+    max_outage_seconds: float = MAX_OUTAGE_SECONDS  # how long a worker waits out a lost store before exiting
+
+    @property
+    def uses_heartbeats(self) -> bool:
+        """True where running trials record heartbeats, so a dead worker's trial is found (PostgreSQL, MySQL)."""
+        return is_database_server(self.storage_url)
+
+
+def plan_sweep(
+    config: SweepConfig,
+    config_file: str | Path,
+    *,
+    n_trials: int | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    workers: int = 1,
+    tracking: bool = True,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_SECONDS,
+    grace_period: int = GRACE_PERIOD_SECONDS,
+    max_outage_seconds: int = MAX_OUTAGE_SECONDS,
+) -> SweepPlan:
+    """Check every command-line choice before anything is created; raise InvalidArgument on the first bad one."""
+    n_trials = config.study.n_trials if n_trials is None else n_trials
+    check_non_negative_int("--n-trials", n_trials)
+    check_positive_int("--workers", workers)
+    check_positive_int("--heartbeat-interval", heartbeat_interval)
+    check_positive_int("--grace-period", grace_period)
+    check_positive_int("--max-outage", max_outage_seconds)
+    if grace_period <= heartbeat_interval:
+        raise InvalidArgument(
+            f"--grace-period ({grace_period} s) must be longer than --heartbeat-interval ({heartbeat_interval} s), "
+            "or live trials would be failed between two heartbeats"
+        )
+    storage_url = resolve_storage_url(storage)
+    if workers > 1 and is_sqlite(storage_url):
+        raise InvalidArgument(
+            "sqlite storage is not safe with --workers > 1; use the default journal file, journal:///path or postgresql://"
+        )
+    return SweepPlan(
+        config=config,
+        config_file=Path(config_file),
+        n_trials=n_trials,
+        storage_url=storage_url,
+        tracking_uri=resolve_tracking_uri(tracking_uri) if tracking else None,
+        workers=workers,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_outage_seconds=max_outage_seconds,
+    )

@@ -1,0 +1,130 @@
+"""The search vocabulary in one home: the search space, samplers, pruners, and each trial's suggest step."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from trainlib.optim import OPTIMIZER_NAMES, optimizer_options
+
+
+def _quietly(factory: Callable[..., Any], **options: Any) -> Any:
+    """Build with Optuna's 'experimental feature' notice silenced: it would repeat at every start."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return factory(**options)
+
+
+SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed: _quietly(optuna.samplers.TPESampler, seed=seed, multivariate=True, group=True),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
+    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+}
+# Each pruner factory takes (startup trials, warm-up epochs) from the study settings.
+PRUNERS: dict[str, Callable[[int, int], optuna.pruners.BasePruner]] = {
+    "none": lambda startup, warmup: optuna.pruners.NopPruner(),
+    "median": lambda startup, warmup: optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup),
+    "hyperband": lambda startup, warmup: optuna.pruners.HyperbandPruner(
+        min_resource=max(1, warmup), reduction_factor=3
+    ),
+}
+SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
+PRUNER_NAMES: tuple[str, ...] = tuple(PRUNERS)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatRange(_Strict):
+    """A positive float range, sampled log-uniformly unless ``log = false``."""
+
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+    log: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class UnitRange(_Strict):
+    """A range within [0, 1), sampled uniformly (momentum)."""
+
+    low: float = Field(ge=0, lt=1)
+    high: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UnitRange:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class SearchSpace(_Strict):
+    """The ``[search]`` table: what each trial draws."""
+
+    lr: FloatRange
+    batch_size: list[int] = Field(min_length=1)
+    optimizer: list[Literal[OPTIMIZER_NAMES]] = Field(min_length=1)  # type: ignore[valid-type]
+    momentum: UnitRange | None = None
+    nesterov: bool = False
+    weight_decay: FloatRange | None = None
+
+    @field_validator("batch_size")
+    @classmethod
+    def _powers_of_two(cls, sizes: list[int]) -> list[int]:
+        for size in sizes:
+            if size <= 0 or size & (size - 1):
+                raise ValueError(f"batch sizes must be positive powers of two, got {size}")
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"batch sizes must not repeat, got {sizes}")
+        return sizes
+
+    @field_validator("optimizer")
+    @classmethod
+    def _unique(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError(f"optimizers must not repeat, got {names}")
+        return names
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """One trial's hyperparameters: what train_model takes, and the optimizer's own options."""
+
+    lr: float
+    batch_size: int
+    optimizer: str
+    optimizer_options: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat, as Optuna names them (lr, batch_size, optimizer, momentum, ...): for logging."""
+        return {"lr": self.lr, "batch_size": self.batch_size, "optimizer": self.optimizer, **self.optimizer_options}
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> TrialParams:
+    """Draw one trial's hyperparameters: lr, batch_size, optimizer and the options that optimizer takes."""
+    lr = trial.suggest_float("lr", space.lr.low, space.lr.high, log=space.lr.log)
+    batch_size = trial.suggest_categorical("batch_size", space.batch_size)
+    optimizer = trial.suggest_categorical("optimizer", space.optimizer)
+    accepted = optimizer_options(optimizer)
+    options: dict[str, Any] = {}
+    # Conditional parameters: only drawn for the optimizers that take them, so TPE sees clean subspaces.
+    if space.momentum is not None and "momentum" in accepted:
+        options["momentum"] = trial.suggest_float("momentum", space.momentum.low, space.momentum.high)
+    if space.nesterov and "nesterov" in accepted and options.get("momentum", 0) > 0:
+        options["nesterov"] = trial.suggest_categorical("nesterov", [False, True])
+    if space.weight_decay is not None and "weight_decay" in accepted:
+        options["weight_decay"] = trial.suggest_float(
+            "weight_decay", space.weight_decay.low, space.weight_decay.high, log=space.weight_decay.log
+        )
+    return TrialParams(lr=lr, batch_size=batch_size, optimizer=optimizer, optimizer_options=options)

@@ -1,0 +1,151 @@
+"""The study: create or resume it, seed its sampler, publish its MLflow parent run, and handle dead workers' trials."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from trainlib.errors import InvalidArgument
+from trainlib.stores import redact
+from trainlib.sweep.plan import SweepPlan
+from trainlib.sweep.search import PRUNERS, SAMPLERS
+from trainlib.sweep.storage import open_storage
+from trainlib.tracking import MlflowTracker
+
+log = logging.getLogger(__name__)
+
+# Attributes trainlib keeps in the Optuna study: the MLflow parent run (study) and each trial's run (trial).
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+RUN_ID_ATTR = "mlflow_run_id"
+
+
+@dataclass(frozen=True)
+class OpenedStudy:
+    """A study ready to optimize, the storage it lives in, and whether this command created it."""
+
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+    created: bool
+
+
+def open_study(plan: SweepPlan, worker_index: int = 0) -> OpenedStudy:
+    """Create the study, or load it to resume.
+
+    With ``--n-trials 0`` the study must exist: such a command only finishes it (see stale_trials).
+    """
+    settings = plan.config.study
+    if plan.n_trials == 0:
+        check_study_exists(plan)
+    storage = open_storage(
+        plan.storage_url,
+        heartbeat_interval=plan.heartbeat_interval,
+        grace_period=plan.grace_period,
+        on_stale_trial=StaleTrialHandler(plan),
+        max_outage_seconds=plan.max_outage_seconds,
+    )
+    pruner = PRUNERS[settings.pruner](settings.pruner_startup_trials, settings.pruner_warmup_epochs)
+    try:
+        study = optuna.create_study(
+            storage=storage, pruner=pruner, study_name=settings.name, direction=settings.direction
+        )
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, pruner=pruner, study_name=settings.name)
+        created = False
+        if study.direction.name.lower() != settings.direction:
+            raise InvalidArgument(
+                f"study {settings.name!r} exists with direction {study.direction.name.lower()}, "
+                f"the config says {settings.direction}"
+            ) from None
+    # A resumed study or a second worker must not replay the first command's random draws. Commands that join
+    # at the same moment (other machines) see the same trial count, so a joiner's seed also gets a random part;
+    # only the command that creates a study draws reproducibly.
+    seed_offset = len(study.get_trials(deepcopy=False)) + 10_007 * worker_index
+    if not created:
+        seed_offset += secrets.randbits(30)
+    study.sampler = SAMPLERS[settings.sampler](settings.seed + seed_offset)
+    return OpenedStudy(study, storage, created)
+
+
+def check_study_exists(plan: SweepPlan) -> None:
+    """Raise InvalidArgument unless the study exists (checked without creating a journal file)."""
+    name, url = plan.config.study.name, plan.storage_url
+    missing = InvalidArgument(
+        f"study {name!r} not found in {redact(url)}; --n-trials 0 finishes an existing study "
+        "(retries its dead workers' trials, writes its report), give --n-trials 1 or more to start one"
+    )
+    for prefix in ("journal://", "sqlite:///"):
+        if url.startswith(prefix) and not Path(url.removeprefix(prefix)).exists():
+            raise missing
+    if name not in optuna.get_all_study_names(open_storage(url, max_outage_seconds=plan.max_outage_seconds)):
+        raise missing
+
+
+class StudyParentSlot:
+    """Where a study publishes its MLflow parent run (implements trainlib.tracking.ParentRunSlot).
+
+    The claim is a second study: creating a study is atomic in every Optuna storage (a unique name in the
+    database, a lock on the journal file), so at most one command, on any machine, holds it at a time.
+    """
+
+    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
+        self.study = study
+        self.storage = storage
+        self.claim_name = f"{study.study_name}:mlflow-parent-claim"  # ':' cannot occur in a config's study name
+
+    def published(self) -> str | None:
+        return self.study.user_attrs.get(PARENT_RUN_ATTR)  # read from the storage at each call
+
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[bool]:
+        try:
+            claim_id = self.storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], self.claim_name)
+        except optuna.exceptions.DuplicatedStudyError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self.storage.delete_study(claim_id)
+
+    def publish(self, run_id: str) -> None:
+        self.study.set_user_attr(PARENT_RUN_ATTR, run_id)
+
+    def claim_hint(self) -> str:
+        return f"delete study {self.claim_name!r} (optuna delete-study)"
+
+
+class StaleTrialHandler:
+    """A trial's worker died (no heartbeat for the grace period): retry the trial once, end its run as KILLED.
+
+    Called from the reaper thread and from Optuna at each trial's start, hence the lock.
+    """
+
+    def __init__(self, plan: SweepPlan) -> None:
+        self.plan = plan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+        self.tracker: MlflowTracker | None = None  # its own, made on first use: the sweep's may be busy
+        self._lock = threading.Lock()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        retried = len(trial.system_attrs.get("retry_history", []))
+        reason = f"its worker sent no heartbeat for {self.plan.grace_period} s (killed, or lost its machine)"
+        log.warning("trial %d failed: %s; %s", trial.number, reason, "retrying it" if not retried else "not retried")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry(study, trial)
+        if self.plan.tracking_uri is not None:
+            with self._lock:
+                if self.tracker is None:
+                    self.tracker = MlflowTracker(self.plan.tracking_uri, study.study_name, self.plan.max_outage_seconds)
+                self.tracker.end_lost_trial(study.study_name, trial.number, trial.user_attrs.get(RUN_ID_ATTR), reason)

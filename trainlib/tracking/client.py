@@ -1,0 +1,166 @@
+"""MLflow, configured once and reached through a client that waits out an unreachable tracking server."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+import socket
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from importlib.metadata import version
+from typing import Any
+
+import mlflow
+import requests
+import torch
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from trainlib.stores import MAX_OUTAGE_SECONDS, call_patiently, local_artifact_location, redact
+
+RUN_KEY_TAG = "trainlib.run_key"
+_TRANSIENT_HTTP_STATUS = (429, 502, 503, 504)
+
+# Set by configure_mlflow unless the environment already sets them.
+MLFLOW_DEFAULTS = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # our own progress bar is enough
+    # PatientClient owns retries, their log line and their time bound; MLflow's own HTTP retries would add
+    # minutes of silent waiting on top (7 by default), so they are off unless the environment asks for them.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # Against a server, ending a run would also fetch it again just to print its address: a request per trial.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+
+def configure_mlflow() -> None:
+    """MLflow settings trainlib relies on (environment defaults a user's own settings override); idempotent."""
+    for name, value in MLFLOW_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+@contextlib.contextmanager
+def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """MLflow's fluent API (mlflow.start_run, log_model) on ``tracking_uri`` inside the block, as before it after."""
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def tracking_unreachable(error: BaseException) -> bool:
+    """True when ``error`` means the tracking server is down, restarting or overloaded (not a bad request)."""
+    if isinstance(error, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(error, requests.HTTPError):  # artifact uploads through the server's proxy
+        return error.response is not None and error.response.status_code in _TRANSIENT_HTTP_STATUS
+    if isinstance(error, MlflowException):
+        text = str(error)
+        if text.startswith("API request to") and ("failed with exception" in text or "timeout exception" in text):
+            return True
+        return error.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
+    return False
+
+
+class PatientClient:
+    """An MlflowClient whose every call waits out an unreachable tracking server, for a bounded time.
+
+    Attribute access forwards to MlflowClient, each call wrapped in stores.call_patiently; create_run is
+    made idempotent (a retried create finds the run the lost response created instead of making a second one).
+    """
+
+    def __init__(self, tracking_uri: str, max_outage_seconds: float = MAX_OUTAGE_SECONDS) -> None:
+        configure_mlflow()  # the time bound above holds only with MLflow's own retries off
+        self.tracking_uri = tracking_uri
+        self.max_outage_seconds = max_outage_seconds
+        self.client = MlflowClient(tracking_uri)
+
+    def patiently(self, call: Callable[[], Any]) -> Any:
+        """Run ``call()`` (which talks to the tracking server), retrying while the server is unreachable."""
+        return call_patiently(
+            call,
+            store="tracking",
+            label=f"tracking server {redact(self.tracking_uri)}",
+            is_transient=tracking_unreachable,
+            max_outage_seconds=self.max_outage_seconds,
+            secret_url=self.tracking_uri,
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def patient_call(*args: Any, **kwargs: Any) -> Any:
+            return self.patiently(lambda: attribute(*args, **kwargs))
+
+        return patient_call
+
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> Any:
+        """Create a run exactly once, even when a response is lost and the call is retried."""
+        run_key = uuid.uuid4().hex
+        tags = {**tags, RUN_KEY_TAG: run_key}
+        attempted = False
+
+        def create_once() -> Any:
+            nonlocal attempted
+            if attempted:
+                found = self.client.search_runs(
+                    [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1
+                )
+                if found:
+                    return found[0]
+            attempted = True
+            return self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+
+        return self.patiently(create_once)
+
+
+def ensure_experiment(client: PatientClient | MlflowClient, tracking_uri: str, name: str) -> str:
+    """The id of experiment ``name``, created (with a local artifact folder where embedded) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=local_artifact_location(tracking_uri, name))
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)  # another worker created it first
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def environment_tags(device: torch.device, storage_url: str, sampler: str, pruner: str) -> dict[str, str]:
+    """Tags that say where and with what a sweep ran (no secrets: storage URLs are redacted)."""
+    from trainlib.device import device_name
+
+    return {
+        "sampler": sampler,
+        "pruner": pruner,
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch_version": torch.__version__,
+        "mlflow_version": mlflow.__version__,
+        "optuna_version": version("optuna"),
+        "python_version": platform.python_version(),
+        "git_commit": _git_commit(),
+        "host": socket.gethostname(),
+        "optuna_storage": redact(storage_url),
+    }
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True, cwd=os.getcwd()
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
