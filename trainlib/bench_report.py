@@ -160,9 +160,18 @@ def write_reports(
     log.debug("wrote %s", ", ".join(str(path) for path in report.files))
     if uri is None:
         return report
-    from trainlib.tracking.bench_runs import log_bench_run
+    from trainlib.tracking.bench_runs import BENCH_FILE_TAG, BENCH_SHA256_TAG, log_bench_run
 
-    run_id = log_bench_run(results, [*report.files, results.path], uri, EXPERIMENT_NAME)
+    tags = {
+        BENCH_SHA256_TAG: results.sha256,
+        BENCH_FILE_TAG: results.path.name,
+        "bench.datetime": results.datetime,
+        "git.commit": str(results.commit_info.get("id", "unknown")),
+        "git.dirty": str(results.commit_info.get("dirty", "unknown")),
+        "host": str(results.machine_info.get("node", "unknown")),
+    }
+    files = [*report.files, results.path]
+    run_id = log_bench_run(results.cases, results.machine_info, tags, files, uri, EXPERIMENT_NAME)
     return BenchReport(report.markdown, report.csv, report.chart, run_id)
 
 

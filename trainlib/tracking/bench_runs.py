@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -16,6 +16,7 @@ from trainlib.stores import redact
 from trainlib.tracking.client import ensure_experiment
 
 log = logging.getLogger(__name__)
+BENCH_SHA256_TAG, BENCH_FILE_TAG = "trainlib.bench_sha256", "trainlib.bench_file"
 
 # machine_info keys logged as the parent run's params
 MACHINE_PARAMS = (
@@ -37,51 +38,39 @@ MACHINE_PARAMS = (
 )
 
 
-class BenchRun(Protocol):
-    """What is logged of a bench run (trainlib.bench_report.BenchResults)."""
+def log_bench_run(
+    cases: pd.DataFrame,
+    machine_info: dict[str, Any],
+    tags: dict[str, str],
+    files: list[Path],
+    tracking_uri: str,
+    experiment_name: str,
+) -> str:
+    """Log a bench run as a parent run (``tags``, machine info, ``files``) with one child run per case.
 
-    path: Path
-    sha256: str
-    machine_info: dict[str, Any]
-    commit_info: dict[str, Any]
-    datetime: str
-    cases: pd.DataFrame
-
-
-def log_bench_run(results: BenchRun, files: list[Path], tracking_uri: str, experiment_name: str) -> str:
-    """Log a bench run as a parent run (machine info, ``files``) with one child run per case; return its id.
-
-    A bench run already logged (same JSON content) is not logged twice.
+    Returns the parent run id. A bench run already logged (the same BENCH_SHA256_TAG) is not logged twice.
     """
     client = MlflowClient(tracking_uri)
     experiment_id = ensure_experiment(client, tracking_uri, experiment_name)
+    sha256 = tags[BENCH_SHA256_TAG]
     already = client.search_runs(
-        [experiment_id], filter_string=f"tags.`trainlib.bench_sha256` = '{results.sha256}'", max_results=1
+        [experiment_id], filter_string=f"tags.`{BENCH_SHA256_TAG}` = '{sha256}'", max_results=1
     )
     if already:
         run_id = already[0].info.run_id
-        log.info("bench run %s is already in MLflow as run %s; not logging it again", results.path.name, run_id)
+        log.info("bench run %s is already in MLflow as run %s; not logging it again", tags[BENCH_FILE_TAG], run_id)
         return run_id
-    machine = results.machine_info
     parent = client.create_run(
         experiment_id,
-        run_name=f"bench {results.datetime[:19]}",
-        tags={
-            "trainlib.role": "bench",
-            "trainlib.bench_sha256": results.sha256,
-            "trainlib.bench_file": results.path.name,
-            "bench.datetime": results.datetime,
-            "git.commit": str(results.commit_info.get("id", "unknown")),
-            "git.dirty": str(results.commit_info.get("dirty", "unknown")),
-            "host": str(machine.get("node", "unknown")),
-        },
+        run_name=f"bench {tags['bench.datetime'][:19]}",
+        tags={"trainlib.role": "bench", **tags},
     )
     parent_id = parent.info.run_id
     try:
-        params = [Param(key, str(machine[key])[:6000]) for key in MACHINE_PARAMS if key in machine]
+        params = [Param(key, str(machine_info[key])[:6000]) for key in MACHINE_PARAMS if key in machine_info]
         client.log_batch(parent_id, params=params)
         now = int(time.time() * 1000)
-        for row in results.cases.itertuples():
+        for row in cases.itertuples():
             _log_case(client, experiment_id, parent_id, row, now)
         for path in files:
             client.log_artifact(parent_id, str(path))
@@ -91,7 +80,7 @@ def log_bench_run(results: BenchRun, files: list[Path], tracking_uri: str, exper
     client.set_terminated(parent_id, "FINISHED")
     log.info(
         "logged %d cases to experiment %r at %s (run %s)",
-        len(results.cases),
+        len(cases),
         experiment_name,
         redact(tracking_uri),
         parent_id,
