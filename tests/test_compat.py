@@ -98,8 +98,9 @@ def test_the_optimize_loop_logs_failed_trials_on_the_named_logger(caplog: pytest
 
 def test_the_quiet_filter_drops_only_what_it_is_told(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger(_compat.OPTUNA_OPTIMIZE_LOGGER)
-    before = list(logger.filters)
+    before = list(logger.filters), logger.propagate
     try:
+        logger.filters.clear()  # a sweep run earlier in this process installed the sweep's own filter
         _compat.quiet_logger_of_optimize_loop(lambda record: "drop me" in record.getMessage())
         _compat.quiet_logger_of_optimize_loop(lambda record: True)  # a second call adds nothing
         with caplog.at_level(logging.WARNING, logger=_compat.OPTUNA_OPTIMIZE_LOGGER):
@@ -107,6 +108,6 @@ def test_the_quiet_filter_drops_only_what_it_is_told(caplog: pytest.LogCaptureFi
             logger.warning("drop me")
             logger.warning("keep me")
     finally:
-        logger.filters[:] = before
+        logger.filters[:], logger.propagate = before
 
     assert [record.getMessage() for record in caplog.records] == ["keep me"]

@@ -8,6 +8,7 @@ command `make server` runs) on a free loopback port. Both are shared by the test
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import pwd
@@ -233,6 +234,21 @@ def write_config(folder: Path, epochs: int = 3) -> Path:
     return path
 
 
+STARTED_WORKERS: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_worker_outlives_its_test() -> Iterator[None]:
+    """A test that fails half-way must not leave a worker behind (a victim would train 100000 epochs)."""
+    yield
+    while STARTED_WORKERS:
+        worker = STARTED_WORKERS.pop()
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGCONT)  # a worker frozen by the test would not die of SIGKILL until resumed
+            worker.kill()
+            worker.wait(timeout=HANG_SECONDS)
+
+
 def start_worker(
     config: Path, study: str, storage: str, tracking_uri: str, log: Path, *options: str
 ) -> subprocess.Popen:
@@ -242,7 +258,9 @@ def start_worker(
     command = [TRAINLIB, "sweep", str(config), "--study-name", study, "--storage", storage]
     command += ["--tracking-uri", tracking_uri, "--no-progress", *options]
     with open(log, "w") as output:
-        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+        worker = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    STARTED_WORKERS.append(worker)
+    return worker
 
 
 def finish(workers: list[subprocess.Popen], logs: list[Path], timeout: float = HANG_SECONDS) -> None:
@@ -253,9 +271,18 @@ def finish(workers: list[subprocess.Popen], logs: list[Path], timeout: float = H
         assert worker.returncode == 0, f"{log.name} exited {worker.returncode}:\n{log.read_text()[-3000:]}"
 
 
+@functools.cache
+def reading_storage(url: str) -> optuna.storages.RDBStorage:
+    """One storage, so one small connection pool, per database for the tests' own reads.
+
+    A new storage per poll would hold a connection each until garbage-collected; on a loaded machine a test
+    polls often enough to exhaust PostgreSQL's 100 connections ("sorry, too many clients already").
+    """
+    return optuna.storages.RDBStorage(with_installed_driver(url), engine_kwargs={"pool_pre_ping": True})
+
+
 def study_trials(postgres: Postgres, study: str) -> list[optuna.trial.FrozenTrial]:
-    storage = optuna.storages.RDBStorage(with_installed_driver(postgres.url()))
-    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    return optuna.load_study(study_name=study, storage=reading_storage(postgres.url())).get_trials(deepcopy=False)
 
 
 def experiment_runs(client: MlflowClient, study: str) -> tuple[list[object], list[object]]:
@@ -413,7 +440,8 @@ def test_concurrent_starts_on_a_study_without_parent_agree_on_one(
     assert len(parent_ids) == 4 and len(set(parent_ids)) == 1, parent_ids
     parents, _ = experiment_runs(MlflowClient(tracking_server.url), orphan)
     assert [parent.info.run_id for parent in parents] == parent_ids[:1]
-    assert not [name for name in optuna.get_all_study_names(storage_url) if name.startswith(f"{orphan}:")], "claim left"
+    names = optuna.get_all_study_names(reading_storage(postgres.url()))
+    assert not [name for name in names if name.startswith(f"{orphan}:")], "claim left"
 
 
 # ---- failures: a killed worker, a restarted tracking server, a restarted database ----
