@@ -142,3 +142,33 @@ def test_bench_report_command_rejects_a_bad_file_in_one_line(content, tmp_path, 
     error = capsys.readouterr().err.strip()
     assert error.startswith("trainlib: error: benchmark results file") and "\n" not in error
     assert not out_dir.exists()
+
+
+def test_bench_report_names_a_malformed_case_in_one_line(quick_bench, tmp_path, capsys):
+    document = json.loads(Path(quick_bench["path"]).read_text())
+    broken = document["benchmarks"][0]
+    broken["extra_info"]["num_workers"] = "two"
+    json_path = tmp_path / "results.json"
+    json_path.write_text(json.dumps(document))
+    out_dir = tmp_path / "reports"
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench-report", str(json_path), "--out-dir", str(out_dir), "--no-tracking"])
+
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and broken["name"] in error and "malformed" in error
+    assert not out_dir.exists()
+
+
+def test_bench_report_out_dir_naming_a_file_is_one_line(quick_bench, tmp_path, capsys):
+    a_file = tmp_path / "reports"
+    a_file.write_text("not a folder")
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench-report", str(quick_bench["path"]), "--out-dir", str(a_file / "sub"), "--no-tracking"])
+
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "--out-dir" in error
+    assert a_file.read_text() == "not a folder"

@@ -48,6 +48,17 @@ BAD_CONFIGS = [
     ("negative workers in config", ("num_workers = 0", "num_workers = -1"), [], ["data.num_workers", "-1"]),
     ("direction against metric", ('direction = "maximize"', 'direction = "minimize"'), [], ["val_accuracy"]),
     ("not TOML", ("[study]", "[study"), [], ["not valid TOML"]),
+    # Strict types: a boolean is a boolean, an integer an integer, a number finite.
+    ("batch_norm as text", ("hidden_sizes = [32]", 'hidden_sizes = [32]\nbatch_norm = "false"'), [], ["batch_norm"]),
+    ("boolean batch size", ("[32, 64]", "[true]"), [], ["search.batch_size", "valid integer", "True"]),
+    ("float epochs", ("\nepochs = 3", "\nepochs = 3.0"), [], ["training.epochs", "valid integer"]),
+    ("text dropout", ("hidden_sizes = [32]", 'hidden_sizes = [32]\ndropout = "0.1"'), [], ["dropout", "number"]),
+    ("infinite lr", ("high = 3e-2", "high = inf"), [], ["search.lr.high", "finite"]),
+    ("study name too long", ('name = "smoke"', f'name = "{"s" * 300}"'), [], ["study.name", "200 characters"]),
+    # Checks that need the dataset, still before any store is opened.
+    ("tiny val_fraction", ("num_workers = 0", "num_workers = 0\nval_fraction = 0.0001"), [], ["val_fraction"]),
+    ("val_fraction near 1", ("num_workers = 0", "num_workers = 0\nval_fraction = 0.9999"), [], ["val_fraction"]),
+    ("num_samples on digits", ("num_workers = 0", "num_workers = 0\nnum_samples = 500"), [], ["num_samples"]),
 ]
 
 BAD_FLAGS = [
@@ -62,6 +73,10 @@ BAD_FLAGS = [
     ("sqlite with workers", ["--storage", "sqlite:///x.db", "--workers", "2"], ["sqlite", "--workers"]),
     ("unknown device flag", ["--device", "gpu"], ["device", "'gpu'", "cuda:N"]),
     ("unknown flag", ["--trials", "3"], ["--trials"]),
+    ("study name too long", ["--study-name", "s" * 300], ["--study-name", "200 characters"]),
+    ("journal path is a folder", ["--storage", f"journal:///{ROOT}"], ["Optuna journal", "is a folder"]),
+    ("journal under a file", ["--storage", f"journal:///{SMOKE}/x.journal"], ["is a file, not a folder"]),
+    ("mlflow store is a folder", ["--tracking-uri", f"sqlite:///{ROOT}"], ["MLflow store", "is a folder"]),
 ]
 
 

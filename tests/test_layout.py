@@ -88,9 +88,16 @@ def private_uses(path: Path) -> list[str]:
             ]
         elif node_is_private_attribute(node):
             owner = node.value
-            if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
-                found.append(f"{ast.unparse(owner)}.{node.attr}")
+            name = f"{ast.unparse(owner)}.{node.attr}"
+            if (
+                not (isinstance(owner, ast.Name) and owner.id in ("self", "cls"))
+                and name not in PUBLIC_DESPITE_UNDERSCORE
+            ):
+                found.append(name)
     return found
+
+
+PUBLIC_DESPITE_UNDERSCORE = {"os._exit"}  # documented standard library API
 
 
 def node_is_private_attribute(node: ast.AST) -> bool:
@@ -117,7 +124,8 @@ import trainlib, trainlib.cli, trainlib.sweep, trainlib.tracking, trainlib.bench
 import trainlib.sweep.workers, trainlib.sweep.report, trainlib.tracking.bench_runs
 import mlflow
 after = (dict(os.environ), signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
-assert before == after, "environment or signal handlers changed at import"
+changed = sorted(key for key in set(before[0]) | set(after[0]) if before[0].get(key) != after[0].get(key))
+assert before == after, f"environment {changed} or signal handlers changed at import"
 assert not mlflow.is_tracking_uri_set(), "a global MLflow tracking URI was set at import"
 for name in ("optuna.study._optimize", "mlflow.utils.async_logging.async_logging_queue"):
     logger = logging.getLogger(name)
@@ -127,7 +135,9 @@ print("nothing happened")
 
 
 def test_nothing_happens_at_import() -> None:
-    env = {key: value for key, value in __import__("os").environ.items() if not key.startswith("MLFLOW_")}
+    env = {
+        key: value for key, value in __import__("os").environ.items() if "MLFLOW_" not in key
+    }  # MLflow's own (its import sets or unsets _MLFLOW_TELEMETRY_SESSION_ID)
     result = subprocess.run(
         [sys.executable, "-c", IMPORT_EVERYTHING], capture_output=True, text=True, timeout=300, check=False, env=env
     )

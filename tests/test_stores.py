@@ -7,14 +7,12 @@ from pathlib import Path
 import pytest
 
 from trainlib.errors import InvalidArgument
+from trainlib.store_failures import StoreUnavailable, call_patiently, retry_delays
 from trainlib.stores import (
-    StoreUnavailable,
-    call_patiently,
     mlflow_server_command,
     redact,
     resolve_storage_url,
     resolve_tracking_uri,
-    retry_delays,
     scrub,
     with_installed_driver,
 )
@@ -91,7 +89,7 @@ def test_retry_delays_double_up_to_thirty_seconds_and_add_up_to_the_budget() -> 
 def test_call_patiently_retries_transient_errors_with_one_line_each(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("trainlib.stores.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("trainlib.store_failures.sleep_unless_stopped", lambda seconds: None)
     outcomes = iter([ConnectionError("refused"), ConnectionError("refused"), "ok"])
 
     def flaky() -> str:
@@ -117,7 +115,7 @@ def test_call_patiently_retries_transient_errors_with_one_line_each(
 def test_call_patiently_gives_up_after_the_budget_with_one_line_and_no_password(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("trainlib.stores.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("trainlib.store_failures.sleep_unless_stopped", lambda seconds: None)
     url = "postgresql://alice:s3cret@db/optuna"
 
     def down() -> None:

@@ -2,67 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import ViewType
+from sweep_helpers import HANG_SECONDS, SMOKE, cli, cli_env, load_study, runs_of, write_config
 
 from trainlib.sweep import load_config, plan_sweep, run_sweep
-from trainlib.sweep.storage import open_storage
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.toml"
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second")
-HANG_SECONDS = 600  # bounds on waits only catch hangs; a loaded 2-core machine may be slow
-
-
-def write_config(folder: Path, name: str, **changes: str) -> Path:
-    """A copy of smoke.toml with whole `key = value` lines replaced (key as written in the file)."""
-    lines = SMOKE.read_text().splitlines()
-    for key, value in changes.items():
-        lines = [f"{key} = {value}" if line.split("=")[0].strip() == key else line for line in lines]
-    path = folder / name
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-@pytest.fixture
-def stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Embedded default stores rooted in tmp_path (TRAINLIB_MLRUNS_DIR), as `make sweep` would use them."""
-    mlruns = tmp_path / "mlruns"
-    monkeypatch.setenv("TRAINLIB_MLRUNS_DIR", str(mlruns))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("TRAINLIB_OPTUNA_STORAGE", raising=False)
-    return {
-        "mlruns": str(mlruns),
-        "tracking_uri": f"sqlite:///{mlruns / 'mlflow.db'}",
-        "storage": f"journal:///{mlruns / 'optuna.journal'}",
-    }
 
 
 def sweep(config: Path, **options: object) -> object:
     plan = plan_sweep(load_config(config), config, **options)
     return run_sweep(plan, show_progress=False)
-
-
-def runs_of(client: MlflowClient, experiment: str) -> tuple[object, list[object]]:
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    runs = client.search_runs([experiment_id], run_view_type=ViewType.ALL, max_results=1000)
-    parents = [run for run in runs if run.data.tags.get("trainlib.role") == "study"]
-    children = [run for run in runs if run.data.tags.get("trainlib.role") == "trial"]
-    assert len(parents) == 1, f"expected one parent run, found {len(parents)}"
-    return parents[0], children
-
-
-def load_study(stores: dict[str, str], name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=open_storage(stores["storage"]))
 
 
 def test_sweep_records_parent_and_child_runs(stores: dict[str, str], tmp_path: Path) -> None:
@@ -196,24 +152,9 @@ def test_no_tracking_writes_no_mlflow_store(stores: dict[str, str]) -> None:
     assert not Path(stores["mlruns"], "mlflow.db").exists()
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "trainlib.cli", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _env(stores: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, "TRAINLIB_MLRUNS_DIR": stores["mlruns"], "PYTHONUNBUFFERED": "1"}
-
-
 def test_sigint_closes_runs_and_trials_and_the_sweep_resumes(stores: dict[str, str], tmp_path: Path) -> None:
     config = write_config(tmp_path, "long.toml", n_trials="50", epochs="200")
-    process = _cli("sweep", str(config), "--no-progress", env=_env(stores))
+    process = cli("sweep", str(config), "--no-progress", env=cli_env(stores))
     client = MlflowClient(stores["tracking_uri"])
 
     def trial_run_open() -> bool:
@@ -239,7 +180,7 @@ def test_sigint_closes_runs_and_trials_and_the_sweep_resumes(stores: dict[str, s
     assert all(trial.state != optuna.trial.TrialState.RUNNING for trial in study.trials)
     interrupted_count = len(study.trials)
 
-    resumed = _cli("sweep", str(config), "--no-progress", "--n-trials", "1", "--epochs", "2", env=_env(stores))
+    resumed = cli("sweep", str(config), "--no-progress", "--n-trials", "1", "--epochs", "2", env=cli_env(stores))
     _, stderr = resumed.communicate(timeout=HANG_SECONDS)
     assert resumed.returncode == 0, stderr
     assert len(load_study(stores, "smoke").trials) == interrupted_count + 1
@@ -282,7 +223,7 @@ def test_an_interrupt_python_dropped_still_stops_the_sweep_at_the_next_trial(sto
 
 
 def test_two_workers_share_one_study_and_one_parent(stores: dict[str, str]) -> None:
-    process = _cli("sweep", str(SMOKE), "--no-progress", "--workers", "2", "--n-trials", "4", env=_env(stores))
+    process = cli("sweep", str(SMOKE), "--no-progress", "--workers", "2", "--n-trials", "4", env=cli_env(stores))
     stdout, stderr = process.communicate(timeout=HANG_SECONDS)
     assert process.returncode == 0, stderr
 
@@ -347,7 +288,7 @@ def test_n_trials_0_finishes_an_existing_study_without_new_trials(stores: dict[s
 
 
 def test_n_trials_0_on_a_missing_study_is_one_line_exit_2_and_writes_nothing(stores: dict[str, str]) -> None:
-    process = _cli("sweep", str(SMOKE), "--n-trials", "0", env=_env(stores))
+    process = cli("sweep", str(SMOKE), "--n-trials", "0", env=cli_env(stores))
     _, stderr = process.communicate(timeout=HANG_SECONDS)
     assert process.returncode == 2, stderr
     assert stderr.strip().splitlines() == [

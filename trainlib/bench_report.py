@@ -70,7 +70,7 @@ def load_results(json_path: str | Path) -> BenchResults:
         raise InvalidArgument(
             f"benchmark results file {str(path)!r} is not pytest-benchmark JSON (no 'benchmarks' list)"
         )
-    rows = [_case_row(bench) for bench in document["benchmarks"] if _is_bench_case(bench)]
+    rows = [_checked_case_row(bench, path) for bench in document["benchmarks"] if _is_bench_case(bench)]
     if not rows:
         raise InvalidArgument(
             f"benchmark results file {str(path)!r} holds no bench/ cases (benchmarks with extra_info "
@@ -95,6 +95,19 @@ def _is_bench_case(bench: Any) -> bool:
     return all(key in extra for key in CASE_KEYS) and all(
         key in stats for key in ("median", "min", "q1", "q3", "rounds")
     )
+
+
+def _checked_case_row(bench: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The case's row; InvalidArgument naming the case if a value has the wrong type or is not positive."""
+    name = bench.get("name", "?")
+    try:
+        row = _case_row(bench)
+        timings = [row[key] for key in ("median_epoch_seconds", "min_epoch_seconds", "q1_epoch_seconds")]
+        if not all(isinstance(value, (int, float)) and value > 0 for value in [*timings, row["dataset_size"]]):
+            raise ValueError("timings and dataset_size must be positive numbers")
+    except (TypeError, ValueError, ZeroDivisionError, KeyError) as error:
+        raise InvalidArgument(f"benchmark results file {str(path)!r}: case {name!r} is malformed ({error})") from None
+    return row
 
 
 def _case_row(bench: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +165,12 @@ def write_reports(
     results = load_results(json_path)
     uri = resolve_tracking_uri(tracking_uri) if track else None  # validated before anything is written
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InvalidArgument(
+            f"--out-dir {str(out)!r} cannot be a folder: it, or a folder above it, is a file"
+        ) from None
     report = BenchReport(markdown=out / MARKDOWN_FILE, csv=out / CSV_FILE, chart=out / CHART_FILE)
     report.markdown.write_text(render_markdown(results), encoding="utf-8")
     results.cases.to_csv(report.csv, index=False, float_format="%.6g")

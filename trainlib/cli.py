@@ -6,26 +6,32 @@ A mistake a user can make (bad flag, config, storage URL, device) is one line on
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from trainlib.errors import InvalidArgument
-from trainlib.stores import (
+from trainlib.store_failures import (
     GRACE_PERIOD_SECONDS,
     HEARTBEAT_INTERVAL_SECONDS,
     MAX_OUTAGE_SECONDS,
+    StoreDamaged,
     StoreUnavailable,
-    mlflow_server_command,
-    redact,
+    first_line,
 )
+from trainlib.stores import mlflow_server_command, redact
 
 if TYPE_CHECKING:
     from trainlib.sweep import SweepSummary
 
 USAGE_ERROR = 2
-STORE_UNAVAILABLE = 3  # the database or the tracking server stayed unreachable past --max-outage
+STORE_UNAVAILABLE = 3  # a store stayed unreachable past --max-outage, or cannot be used (read-only, corrupt)
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
+# Loggers that print a traceback for store errors trainlib reports itself in one line (shown with -v).
+NOISY_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,6 +39,9 @@ STORE_UNAVAILABLE = 3  # the database or the tracking server stayed unreachable 
 def cli(verbose: bool) -> None:
     """trainlib: Optuna sweeps tracked in MLflow, and epoch-throughput benchmarks."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 # ---- commands are registered below by their modules' entry functions ----
@@ -120,11 +129,30 @@ def sweep(
     install_interrupt_handler()
     try:
         summary = run_sweep(plan, show_progress=not no_progress)
-    except SweepInterrupted:
-        resume = f"trainlib sweep {config_file}" + (f" --study-name {study_name}" if study_name else "")
-        click.echo(f"\ninterrupted: open runs and trials were closed. Resume with: {resume}", err=True)
-        sys.exit(130)
+    except SweepInterrupted as stopped:
+        flags = {"--study-name": study_name, "--storage": storage, "--tracking-uri": tracking_uri}
+        given = "".join(f" {flag} {shlex.quote(redact(value))}" for flag, value in flags.items() if value)
+        given += " --no-tracking" if no_tracking else ""
+        if stopped.during == "report":
+            hint = f"the report was not written; write it with: trainlib sweep {config_file} --n-trials 0{given}"
+        else:
+            hint = f"open runs and trials were closed. Resume with: trainlib sweep {config_file}{given}"
+        click.echo(f"\ninterrupted ({stopped.signal_name}): {hint}", err=True)
+        exit_now(SIGNAL_EXIT.get(stopped.signal_name, 130))
     click.echo(format_summary(summary))
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit with ``code`` once every run is closed, skipping the interpreter's shutdown.
+
+    CPython turns any exit into "killed by SIGINT" when an interrupt once escaped code run through its C API
+    (e.g. a Ctrl-C landing in a lazy import inside torch), so SIGTERM would not be reported as 143. Output and
+    log handlers are flushed first; the sweep has already ended its runs, workers and tracking thread.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def format_summary(summary: SweepSummary) -> str:
@@ -185,9 +213,6 @@ def server(
     mlflow_args: tuple[str, ...],
 ) -> None:
     """Start `mlflow server --serve-artifacts` for sweeps on several machines; extra MLFLOW_ARGS pass through."""
-    import os
-    import shlex
-
     from trainlib.stores import mlruns_dir
 
     command = mlflow_server_command(host, port, backend_store_uri, artifacts_destination, mlflow_args)
@@ -208,9 +233,6 @@ def server(
 @click.option("--dry-run", is_flag=True, help="Print the address and the resolved command, start nothing.")
 def ui(host: str, port: int, tracking_uri: str | None, dry_run: bool) -> None:
     """Start the MLflow UI on the store sweeps write; print the address of the latest study."""
-    import os
-    import shlex
-
     from trainlib.ui import (
         ALL_INTERFACES,
         ensure_store_folder,
@@ -259,11 +281,16 @@ def main(argv: list[str] | None = None) -> None:
     except InvalidArgument as error:
         click.echo(f"trainlib: error: {error}", err=True)
         sys.exit(USAGE_ERROR)
-    except StoreUnavailable as error:
+    except (StoreUnavailable, StoreDamaged) as error:
         click.echo(f"trainlib: error: {error}", err=True)
         sys.exit(STORE_UNAVAILABLE)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
+    except Exception as error:  # a failure trainlib did not foresee: its runs are ended; one line unless -v
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        click.echo(f"trainlib: error: {type(error).__name__}: {first_line(error)} (-v shows the traceback)", err=True)
+        sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -89,6 +90,19 @@ def _stratified_split(
     return train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
 
 
+def check_split_sizes(num_samples: int, num_classes: int, val_fraction: float) -> None:
+    """Raise InvalidArgument unless both parts of a stratified train/val split hold every class at least once."""
+    val_size = math.ceil(val_fraction * num_samples)  # as scikit-learn's train_test_split rounds it
+    train_size = num_samples - val_size
+    if min(val_size, train_size) < num_classes:
+        lowest = num_classes / num_samples
+        raise InvalidArgument(
+            f"val_fraction {val_fraction} splits {num_samples} samples into {train_size} for training and {val_size} "
+            f"for validation; each part needs at least one sample of each of the {num_classes} classes: "
+            f"use a val_fraction from {lowest:.4f} to {1 - lowest:.4f}"
+        )
+
+
 def load_dataset(
     name: str, *, seed: int = 0, val_fraction: float = 0.2, num_samples: int | None = None
 ) -> DatasetSplits:
@@ -109,6 +123,7 @@ def load_dataset(
     else:
         arrays = mnist1d_arrays(MNIST1D_SAMPLES if num_samples is None else num_samples)
         x_rest, y_rest, x_test, y_test = arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"]
+    check_split_sizes(len(y_rest), int(np.unique(y_rest).size), val_fraction)
     x_train, x_val, y_train, y_val = _stratified_split(x_rest, y_rest, val_fraction, seed)
     return DatasetSplits(
         train=_tensors(x_train, y_train),

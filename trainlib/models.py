@@ -76,6 +76,14 @@ MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def build_model(name: str, in_features: int, num_classes: int, **options: Any) -> nn.Module:
     """Build model ``name`` ('mlp' or 'cnn1d') for ``in_features`` inputs and ``num_classes`` outputs."""
     check_choice("model", name, MODEL_NAMES)
@@ -85,11 +93,15 @@ def build_model(name: str, in_features: int, num_classes: int, **options: Any) -
             f"model {name!r} does not take {', '.join(unknown)}; it accepts: {', '.join(MODEL_OPTIONS[name])}"
         )
     dropout = options.get("dropout", 0.0)
-    if not 0 <= dropout < 1:
-        raise InvalidArgument(f"dropout must be in [0, 1), got {dropout!r}")
+    if not _is_number(dropout) or not 0 <= dropout < 1:
+        raise InvalidArgument(f"dropout must be a number in [0, 1), got {dropout!r}")
+    if not isinstance(options.get("batch_norm", False), bool):
+        raise InvalidArgument(f"batch_norm must be true or false, got {options['batch_norm']!r}")
     for key in ("hidden_sizes", "channels"):
-        if key in options and (not options[key] or any(int(v) <= 0 for v in options[key])):
-            raise InvalidArgument(f"{key} must be a non-empty list of positive integers, got {options[key]!r}")
-    if "kernel_size" in options and (options["kernel_size"] < 1 or options["kernel_size"] % 2 == 0):
-        raise InvalidArgument(f"kernel_size must be a positive odd integer, got {options['kernel_size']!r}")
+        sizes = options.get(key, [1])
+        if not isinstance(sizes, (list, tuple)) or not sizes or not all(_is_int(v) and v > 0 for v in sizes):
+            raise InvalidArgument(f"{key} must be a non-empty list of positive integers, got {sizes!r}")
+    kernel_size = options.get("kernel_size", 1)
+    if not _is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise InvalidArgument(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
     return MODELS[name](in_features, num_classes, **options)

@@ -2,26 +2,19 @@
 
 Embedded default: everything under ./mlruns (MLflow in sqlite, Optuna in a journal file that is
 safe for several local worker processes). Overrides: a flag, then an environment variable.
-Scale-out (docs/scale-out.md): PostgreSQL for Optuna, `mlflow server` for tracking; a worker that loses
-either waits it out with bounded backoff (call_patiently).
+Scale-out (docs/scale-out.md): PostgreSQL for Optuna, `mlflow server` for tracking. What happens when a store
+is lost or broken: store_failures.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from trainlib.errors import InvalidArgument
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "http", "https")
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
@@ -55,8 +48,17 @@ def local_artifact_location(tracking_uri: str, experiment_name: str) -> str | No
     """Artifact folder for a new experiment in an embedded database store; None lets a server decide."""
     if _scheme(tracking_uri) in ("http", "https"):
         return None
-    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment_name)
-    return (mlruns_dir() / "artifacts" / safe_name).as_uri()
+    return (local_artifact_root() / artifact_folder_name(experiment_name)).as_uri()
+
+
+def local_artifact_root() -> Path:
+    """Where the embedded store keeps each experiment's artifact folder: mlruns/artifacts."""
+    return mlruns_dir() / "artifacts"
+
+
+def artifact_folder_name(experiment_name: str) -> str:
+    """The experiment's folder name under the artifact root (characters a file name cannot hold become '_')."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment_name)
 
 
 def default_storage_url() -> str:
@@ -76,6 +78,14 @@ def resolve_storage_url(flag: str | None = None) -> str:
     if scheme == "journal" and not urlsplit(url).path.strip("/"):
         raise InvalidArgument(f"storage URL {url!r} names no file; use journal:///path/to/file")
     return with_installed_driver(url)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a sqlite URL (sqlite:///relative or sqlite:////absolute), None for any other URL."""
+    if not is_sqlite(url):
+        return None
+    path = urlsplit(url).path
+    return Path(path[1:] if path.startswith("/") else path)
 
 
 def is_sqlite(url: str) -> bool:
@@ -124,7 +134,7 @@ def scrub(text: str, url: str) -> str:
 
 def default_artifacts_destination() -> Path:
     """Where a local tracking server keeps proxied artifacts: mlruns/artifacts, beside the embedded store's."""
-    return mlruns_dir() / "artifacts"
+    return local_artifact_root()
 
 
 def mlflow_server_command(
@@ -151,71 +161,3 @@ def mlflow_server_command(
         artifacts_destination or str(default_artifacts_destination()),
         *extra_args,
     ]
-
-
-# ---- waiting out a lost store: bounded, with one log line per retry ----
-
-HEARTBEAT_INTERVAL_SECONDS = 10
-GRACE_PERIOD_SECONDS = 30
-MAX_OUTAGE_SECONDS = 120
-_MAX_DELAY_SECONDS = 30.0
-
-
-class StoreUnavailable(RuntimeError):
-    """A store stayed unreachable past the outage budget; ``store`` is 'tracking' or 'storage'."""
-
-    def __init__(self, message: str, store: str) -> None:
-        super().__init__(message)
-        self.store = store
-
-
-def retry_delays(max_outage_seconds: float) -> list[float]:
-    """Waits between attempts: 1, 2, 4, ... s (at most 30 s each), adding up to ``max_outage_seconds``."""
-    delays: list[float] = []
-    total, delay = 0.0, 1.0
-    while total < max_outage_seconds:
-        step = min(delay, _MAX_DELAY_SECONDS, max_outage_seconds - total)
-        delays.append(step)
-        total += step
-        delay *= 2
-    return delays
-
-
-def call_patiently(
-    call: Callable[[], T],
-    *,
-    store: str,
-    label: str,
-    is_transient: Callable[[BaseException], bool],
-    max_outage_seconds: float,
-    secret_url: str = "",
-) -> T:
-    """``call()``, retried with backoff while it fails with a transient error, for at most ``max_outage_seconds``.
-
-    Each retry logs one line naming ``label`` (a redacted URL); giving up raises StoreUnavailable (one line).
-    """
-    delays = retry_delays(max_outage_seconds)
-    attempts = len(delays) + 1
-    started = time.monotonic()
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except Exception as error:
-            elapsed = time.monotonic() - started
-            if not is_transient(error):
-                raise
-            if attempt == attempts or elapsed >= max_outage_seconds:
-                reason = scrub(_first_line(error), secret_url)
-                raise StoreUnavailable(
-                    f"{label} unreachable for {elapsed:.0f} s ({attempt} attempts); giving up. Last error: {reason}",
-                    store,
-                ) from None
-            delay = delays[attempt - 1]
-            log.warning("%s unreachable, retrying in %g s (attempt %d/%d)", label, delay, attempt + 1, attempts)
-            time.sleep(delay)
-    raise AssertionError("unreachable")  # the loop returns or raises
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__

@@ -7,6 +7,7 @@ plan_sweep (config + flags -> SweepPlan) -> run_sweep: open the study, start the
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from typing import Any
 
@@ -14,13 +15,14 @@ import optuna
 from tqdm import tqdm
 
 from trainlib.device import resolve_device
-from trainlib.stores import StoreUnavailable
+from trainlib.errors import InvalidArgument
 from trainlib.sweep.config import SweepConfig, load_config
-from trainlib.sweep.interrupts import SweepInterrupted, install_interrupt_handler, raise_if_interrupted
+from trainlib.sweep.interrupts import EndingRuns, SweepInterrupted, install_interrupt_handler, raise_if_interrupted
+from trainlib.sweep.objective import load_splits
 from trainlib.sweep.plan import SweepPlan, plan_sweep
 from trainlib.sweep.report import SweepSummary, summarize
 from trainlib.sweep.stale_trials import StaleTrialReaper, wait_for_other_trials
-from trainlib.sweep.study import StudyParentSlot, open_study
+from trainlib.sweep.study import StudyParentSlot, check_study_exists, open_study
 from trainlib.sweep.workers import (
     advance_progress,
     make_tracker,
@@ -44,45 +46,52 @@ __all__ = [
 
 
 def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
-    """Run ``plan.n_trials`` trials of the study (in ``plan.workers`` processes) and record the summary."""
+    """Run ``plan.n_trials`` trials of the study (in ``plan.workers`` processes) and record the summary.
+
+    Every way out (the end, Ctrl-C, SIGTERM, a lost or broken store, an error) leaves through EndingRuns,
+    which ends every run this command started. Stores are checked before any trial: the MLflow store is
+    opened first (created under a lock on first use), then the study, then its parent run is found or made.
+    """
     started = time.perf_counter()
     config = plan.config
     prepare_process()
-    opened = open_study(plan)
-    study = opened.study
+    try:  # mistakes that depend on the data, found before any store is opened
+        load_splits(config.data, config.training.seed)
+    except InvalidArgument as error:
+        raise InvalidArgument(f"{plan.config_file}: data: {error}") from None
+    if plan.n_trials == 0:
+        check_study_exists(plan)  # only finishes a study: never creates one
     tracker = make_tracker(plan)
-    tags = environment_tags(
-        resolve_device(config.training.device), plan.storage_url, config.study.sampler, config.study.pruner
-    )
-    tracker.start_sweep(
-        StudyParentSlot(study, opened.storage), opened.created, fixed_params(config), tags, plan.config_file
-    )
-    progress = tqdm(total=plan.n_trials, desc=f"study {config.study.name}", unit="trial", disable=not show_progress)
+    progress: tqdm | None = None
     try:
-        with _reaper(study, plan) as reaper:
-            if plan.workers == 1:
-                run_new_trials(
-                    study, plan, tracker, plan.n_trials, on_trial=lambda s, t: advance_progress(progress, s, t)
-                )
-            else:
-                run_workers(plan, tracker.wait_for_parent_run_id(), study, progress)
-            last_alive = _finish_study(study, plan, tracker, reaper)
-    except KeyboardInterrupt:
-        progress.close()
-        tracker.end_sweep("KILLED")
-        raise SweepInterrupted(config.study.name) from None
-    except StoreUnavailable as lost:
-        progress.close()
-        if lost.store == "storage":  # the tracking server can still be told; one that is gone cannot
-            tracker.end_sweep("FAILED")
-        raise
-    except BaseException:
-        progress.close()
-        tracker.end_sweep("FAILED")
-        raise
-    progress.close()
-    summary = summarize(study, plan, tracker, started, report=last_alive)
-    tracker.end_sweep("FINISHED" if last_alive else None)  # else the last live command ends the parent run
+        with EndingRuns(tracker, config.study.name) as ending:
+            tracker.wait_until_open()
+            opened = open_study(plan)
+            study = opened.study
+            tags = environment_tags(
+                resolve_device(config.training.device), plan.storage_url, config.study.sampler, config.study.pruner
+            )
+            slot = StudyParentSlot(study, opened.storage)
+            tracker.start_sweep(slot, opened.created, fixed_params(config), tags, plan.config_file)
+            parent_run_id = tracker.wait_for_parent_run_id()  # stores that disagree stop here, before any trial
+            ending.during = "trials"
+            progress = tqdm(
+                total=plan.n_trials, desc=f"study {config.study.name}", unit="trial", disable=not show_progress
+            )
+            with _reaper(study, plan) as reaper:
+                if plan.workers == 1:
+                    on_trial = functools.partial(advance_progress, progress)
+                    run_new_trials(study, plan, tracker, plan.n_trials, on_trial=on_trial)
+                else:
+                    run_workers(plan, parent_run_id, study, progress)
+                last_alive = _finish_study(study, plan, tracker, reaper)
+            progress.close()
+            ending.during = "report"
+            summary = summarize(study, plan, tracker, started, report=last_alive)
+            ending.status = "FINISHED" if last_alive else None  # else the last live command ends the parent run
+    finally:
+        if progress is not None:
+            progress.close()
     return summary
 
 

@@ -6,23 +6,19 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainlib.data import DATASET_NAMES
 from trainlib.device import resolve_device
 from trainlib.errors import InvalidArgument
 from trainlib.models import MODEL_NAMES, build_model
-from trainlib.sweep.search import PRUNER_NAMES, SAMPLER_NAMES, SearchSpace
+from trainlib.sweep.search import PRUNER_NAMES, SAMPLER_NAMES, SearchSpace, StrictModel
 
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class StudySettings(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+class StudySettings(StrictModel):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     direction: Literal["maximize", "minimize"] = "maximize"
     metric: Literal[tuple(METRICS)] = "val_accuracy"  # type: ignore[valid-type]
     n_trials: int = Field(gt=0)
@@ -39,7 +35,7 @@ class StudySettings(_Strict):
         return self
 
 
-class DataSettings(_Strict):
+class DataSettings(StrictModel):
     dataset: Literal[DATASET_NAMES]  # type: ignore[valid-type]
     val_fraction: float = Field(0.2, gt=0, lt=1)
     num_samples: int | None = Field(None, gt=0)
@@ -47,8 +43,8 @@ class DataSettings(_Strict):
     eval_batch_size: int = Field(1000, gt=0)
 
 
-class ModelSettings(_Strict):
-    model_config = ConfigDict(extra="allow", frozen=True)
+class ModelSettings(StrictModel):
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True, allow_inf_nan=False)
     name: Literal[MODEL_NAMES]  # type: ignore[valid-type]
 
     @model_validator(mode="after")
@@ -66,7 +62,7 @@ class ModelSettings(_Strict):
         return dict(self.model_extra or {})
 
 
-class TrainingSettings(_Strict):
+class TrainingSettings(StrictModel):
     epochs: int = Field(gt=0)
     # A trial whose training loss exceeds this (or is NaN/inf) fails at once; ln(10) ~ 2.3 is chance level.
     divergence_threshold: float = Field(100.0, gt=0)
@@ -83,7 +79,7 @@ class TrainingSettings(_Strict):
         return device
 
 
-class SweepConfig(_Strict):
+class SweepConfig(StrictModel):
     study: StudySettings
     data: DataSettings
     model: ModelSettings

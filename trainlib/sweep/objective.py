@@ -13,9 +13,9 @@ from trainlib.data import DatasetSplits, load_dataset, make_loader
 from trainlib.engine import Callback, EpochResult, TrainingDiverged, train_model
 from trainlib.models import build_model
 from trainlib.seeding import seed_everything
-from trainlib.stores import StoreUnavailable
+from trainlib.store_failures import StoreDamaged, StoreUnavailable
 from trainlib.sweep.config import DataSettings, SweepConfig
-from trainlib.sweep.interrupts import raise_if_interrupted
+from trainlib.sweep.interrupts import raise_if_interrupted, received_signal
 from trainlib.sweep.search import suggest
 from trainlib.sweep.stale_trials import WORKER_ATTR, retried_trial_number, worker_identity
 from trainlib.sweep.study import RUN_ID_ATTR
@@ -65,15 +65,17 @@ def run_trial(
 
 
 def outcome_of(error: BaseException) -> TrialOutcome | None:
-    """How a trial that raised ``error`` ended; None when the tracking server is gone and nobody can be told."""
+    """How a trial that raised ``error`` ended; None when the store cannot be told (the sweep's way out tries)."""
     if isinstance(error, optuna.TrialPruned):
         return TrialOutcome("FINISHED", "PRUNED", str(error))
     if isinstance(error, TrainingDiverged):
         return TrialOutcome("FAILED", "FAIL", str(error), {"optuna.failed_epoch": str(error.epoch)})
     if isinstance(error, KeyboardInterrupt):
-        return TrialOutcome("KILLED", "FAIL", "interrupted (SIGINT)")
+        return TrialOutcome("KILLED", "FAIL", f"interrupted ({received_signal()})")
     if isinstance(error, StoreUnavailable):
         return None if error.store == "tracking" else TrialOutcome("FAILED", "FAIL", str(error))
+    if isinstance(error, StoreDamaged):  # perhaps the tracking store: the way out ends the run if it can
+        return None
     return TrialOutcome("FAILED", "FAIL", repr(error))
 
 

@@ -6,14 +6,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainlib.errors import InvalidArgument, check_non_negative_int, check_positive_int
-from trainlib.stores import (
+from trainlib.store_failures import (
     GRACE_PERIOD_SECONDS,
     HEARTBEAT_INTERVAL_SECONDS,
     MAX_OUTAGE_SECONDS,
+    check_store_file,
+    check_store_folder,
+)
+from trainlib.stores import (
+    artifact_folder_name,
     is_database_server,
     is_sqlite,
+    local_artifact_root,
     resolve_storage_url,
     resolve_tracking_uri,
+    sqlite_path,
 )
 from trainlib.sweep.config import SweepConfig
 
@@ -68,14 +75,27 @@ def plan_sweep(
         raise InvalidArgument(
             "sqlite storage is not safe with --workers > 1; use the default journal file, journal:///path or postgresql://"
         )
+    resolved_tracking_uri = resolve_tracking_uri(tracking_uri) if tracking else None
+    check_local_stores(storage_url, resolved_tracking_uri, config.study.name)
     return SweepPlan(
         config=config,
         config_file=Path(config_file),
         n_trials=n_trials,
         storage_url=storage_url,
-        tracking_uri=resolve_tracking_uri(tracking_uri) if tracking else None,
+        tracking_uri=resolved_tracking_uri,
         workers=workers,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
         max_outage_seconds=max_outage_seconds,
     )
+
+
+def check_local_stores(storage_url: str, tracking_uri: str | None, study_name: str) -> None:
+    """Files and folders of local stores: right paths (InvalidArgument) and writable (StoreDamaged), before any use."""
+    if storage_url.startswith("journal:"):
+        check_store_file(Path(storage_url.removeprefix("journal://")), "Optuna journal")
+    elif (storage_file := sqlite_path(storage_url)) is not None:
+        check_store_file(storage_file, "Optuna storage")
+    if tracking_uri is not None and (tracking_file := sqlite_path(tracking_uri)) is not None:
+        check_store_file(tracking_file, "MLflow store")
+        check_store_folder(local_artifact_root(), "MLflow artifact folder", name=artifact_folder_name(study_name))

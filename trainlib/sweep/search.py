@@ -38,11 +38,14 @@ SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 PRUNER_NAMES: tuple[str, ...] = tuple(PRUNERS)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class StrictModel(BaseModel):
+    """A config table: unknown keys refused, values of exactly the declared type (no "false" for false, no true
+    for 1), finite numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
-class FloatRange(_Strict):
+class FloatRange(StrictModel):
     """A positive float range, sampled log-uniformly unless ``log = false``."""
 
     low: float = Field(gt=0)
@@ -56,7 +59,7 @@ class FloatRange(_Strict):
         return self
 
 
-class UnitRange(_Strict):
+class UnitRange(StrictModel):
     """A range within [0, 1), sampled uniformly (momentum)."""
 
     low: float = Field(ge=0, lt=1)
@@ -69,7 +72,7 @@ class UnitRange(_Strict):
         return self
 
 
-class SearchSpace(_Strict):
+class SearchSpace(StrictModel):
     """The ``[search]`` table: what each trial draws."""
 
     lr: FloatRange
@@ -128,3 +131,19 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> TrialParams:
             "weight_decay", space.weight_decay.low, space.weight_decay.high, log=space.weight_decay.log
         )
     return TrialParams(lr=lr, batch_size=batch_size, optimizer=optimizer, optimizer_options=options)
+
+
+def search_distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The distributions ``suggest`` draws from, by parameter name (conditional ones included)."""
+    distributions: dict[str, optuna.distributions.BaseDistribution] = {
+        "lr": optuna.distributions.FloatDistribution(space.lr.low, space.lr.high, log=space.lr.log),
+        "batch_size": optuna.distributions.CategoricalDistribution(space.batch_size),
+        "optimizer": optuna.distributions.CategoricalDistribution(space.optimizer),
+        "nesterov": optuna.distributions.CategoricalDistribution([False, True]),
+    }
+    if space.momentum is not None:
+        distributions["momentum"] = optuna.distributions.FloatDistribution(space.momentum.low, space.momentum.high)
+    if space.weight_decay is not None:
+        low, high, log = space.weight_decay.low, space.weight_decay.high, space.weight_decay.log
+        distributions["weight_decay"] = optuna.distributions.FloatDistribution(low, high, log=log)
+    return distributions

@@ -61,6 +61,38 @@ def is_live_local_worker(identity: object) -> bool:
     return _process_running(int(pid_text))
 
 
+def is_dead_local_worker(identity: object) -> bool:
+    """True when ``identity`` names a process of this machine that has ended (or ran before the last reboot)."""
+    if not isinstance(identity, str) or "@" not in identity or ":" not in identity:
+        return False
+    host = identity.rsplit("@", 1)[0].rsplit(":", 1)[0]
+    return host == socket.gethostname() and not is_live_local_worker(identity)
+
+
+def fail_dead_local_trials(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, on_failed: Callable[[optuna.Study, FrozenTrial], None]
+) -> list[int]:
+    """Fail the running trials whose worker was a process of this machine that is gone; return their numbers.
+
+    For storages without heartbeats (journal, sqlite): a command killed with SIGKILL, or a journal record cut
+    off by a crash, leaves a trial RUNNING that no heartbeat will ever expose. ``on_failed`` retries it once
+    and ends its run, as for a heartbeat-stale trial. Trials of other machines are left alone.
+    """
+    study_id = storage.get_study_id_from_name(study.study_name)
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_dead_local_worker(trial.user_attrs.get(WORKER_ATTR)):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except RuntimeError:  # another command failed it first (Optuna refuses to update a finished trial)
+            continue
+        on_failed(study, storage.get_trial(trial_id))
+        failed.append(trial.number)
+    return failed
+
+
 def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()

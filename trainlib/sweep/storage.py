@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
+from filelock import FileLock
 from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
@@ -17,15 +18,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainlib._compat import FrozenStudy, HeartbeatStorage, cached_rdb_storage, rdb_stale_trial_ids
 from trainlib.errors import InvalidArgument
-from trainlib.stores import (
+from trainlib.store_failures import (
     MAX_OUTAGE_SECONDS,
+    StoreDamaged,
     StoreUnavailable,
     call_patiently,
-    is_database_server,
-    is_sqlite,
-    redact,
-    scrub,
+    connect_args,
+    database_unreachable,
+    first_line,
+    store_damage,
 )
+from trainlib.stores import is_sqlite, redact, scrub, sqlite_path
+from trainlib.sweep.journal import open_journal
 from trainlib.sweep.stale_trials import WORKER_ATTR, is_live_local_worker
 
 log = logging.getLogger(__name__)
@@ -47,16 +51,13 @@ def open_storage(
     record heartbeats so that other workers fail (and ``on_stale_trial`` handles) a dead worker's trial.
     """
     if storage_url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        path = Path(storage_url.removeprefix("journal://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if is_sqlite(storage_url):
-        Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return open_journal(Path(storage_url.removeprefix("journal://")))
     try:
-        if not is_database_server(storage_url):
-            return optuna.storages.RDBStorage(storage_url, engine_kwargs={"pool_pre_ping": True})
+        if is_sqlite(storage_url):  # Optuna creates a new file's tables on first use: one process at a time
+            path = sqlite_path(storage_url)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(f"{path}.lock"):
+                return optuna.storages.RDBStorage(storage_url, engine_kwargs={"pool_pre_ping": True})
         return RetryingStorage(
             storage_url,
             max_outage_seconds=max_outage_seconds,
@@ -64,35 +65,15 @@ def open_storage(
             grace_period=grace_period if heartbeat_interval else None,
             on_stale_trial=on_stale_trial if heartbeat_interval else None,
         )
+    except (StoreUnavailable, StoreDamaged):
+        raise
     except Exception as error:  # sqlalchemy raises many kinds; the user needs one line (and never the password)
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        damage = store_damage(error)
+        if damage is not None:
+            raise StoreDamaged(f"Optuna storage {redact(storage_url)} cannot be used: {damage}") from None
         raise InvalidArgument(
-            f"cannot open Optuna storage {redact(storage_url)}: {scrub(first_line, storage_url)}"
+            f"cannot open Optuna storage {redact(storage_url)}: {scrub(first_line(error), storage_url)}"
         ) from None
-
-
-def connect_args(storage_url: str) -> dict[str, int]:
-    """Driver options so a lost database shows up as an error within seconds, never as a hang."""
-    if storage_url.startswith(("postgresql://", "postgresql+psycopg2://", "postgresql+psycopg://")):
-        # libpq: give up connecting after 10 s; notice a silently dead server on an idle connection within ~30 s.
-        return {"connect_timeout": 10, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
-    if storage_url.startswith(("mysql://", "mysql+pymysql://", "mysql+mysqldb://")):
-        return {"connect_timeout": 10}
-    return {}
-
-
-def database_unreachable(error: BaseException) -> bool:
-    """True when ``error`` (or what caused it) is a lost or refused database connection, not a bad query."""
-    import sqlalchemy.exc
-
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return True
-        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _rdb_storage(url: str, **options: Any) -> optuna.storages.RDBStorage:
@@ -132,8 +113,8 @@ class RetryingStorage(HeartbeatStorage):
     ) -> None:
         self.url = url
         self.max_outage_seconds = max_outage_seconds
-        self._inner = cached_rdb_storage(
-            _rdb_storage(
+        rdb_storage = self._patiently(  # a database that is down at the start is waited out too
+            lambda: _rdb_storage(
                 url,
                 engine_kwargs={"pool_pre_ping": True, "connect_args": connect_args(url)},
                 heartbeat_interval=heartbeat_interval,
@@ -141,6 +122,7 @@ class RetryingStorage(HeartbeatStorage):
                 heartbeat_stale_trial_callback=on_stale_trial,
             )
         )
+        self._inner = cached_rdb_storage(rdb_storage)
 
     def _patiently(self, call: Callable[[], T]) -> T:
         return call_patiently(

@@ -10,13 +10,16 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 
 from trainlib.errors import InvalidArgument
 from trainlib.stores import redact
+from trainlib.sweep.config import SweepConfig
 from trainlib.sweep.plan import SweepPlan
-from trainlib.sweep.search import PRUNERS, SAMPLERS
+from trainlib.sweep.search import PRUNERS, SAMPLERS, search_distributions
+from trainlib.sweep.stale_trials import fail_dead_local_trials
 from trainlib.sweep.storage import open_storage
 from trainlib.tracking import MlflowTracker
 
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 # Attributes trainlib keeps in the Optuna study: the MLflow parent run (study) and each trial's run (trial).
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 RUN_ID_ATTR = "mlflow_run_id"
+DEFINITION_ATTR = "trainlib_definition"  # the dataset and model every trial of the study shares
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,11 @@ class OpenedStudy:
 
 
 def open_study(plan: SweepPlan, worker_index: int = 0) -> OpenedStudy:
-    """Create the study, or load it to resume.
+    """Create the study, or load it to resume: checked against the config, dead local commands' trials failed.
 
-    With ``--n-trials 0`` the study must exist: such a command only finishes it (see stale_trials).
+    Raises InvalidArgument, before anything is added to the study, where the config cannot resume it.
     """
     settings = plan.config.study
-    if plan.n_trials == 0:
-        check_study_exists(plan)
     storage = open_storage(
         plan.storage_url,
         heartbeat_interval=plan.heartbeat_interval,
@@ -65,6 +67,12 @@ def open_study(plan: SweepPlan, worker_index: int = 0) -> OpenedStudy:
                 f"study {settings.name!r} exists with direction {study.direction.name.lower()}, "
                 f"the config says {settings.direction}"
             ) from None
+        check_study_matches(study, plan.config)
+        if not plan.uses_heartbeats:  # a journal or sqlite study: trials of killed local commands are failed now
+            handler = StaleTrialHandler(plan, reason="its command is gone (killed, or crashed mid-write)")
+            fail_dead_local_trials(study, storage, handler)
+    if study.user_attrs.get(DEFINITION_ATTR) is None:
+        study.set_user_attr(DEFINITION_ATTR, study_definition(plan.config))
     # A resumed study or a second worker must not replay the first command's random draws. Commands that join
     # at the same moment (other machines) see the same trial count, so a joiner's seed also gets a random part;
     # only the command that creates a study draws reproducibly.
@@ -73,6 +81,47 @@ def open_study(plan: SweepPlan, worker_index: int = 0) -> OpenedStudy:
         seed_offset += secrets.randbits(30)
     study.sampler = SAMPLERS[settings.sampler](settings.seed + seed_offset)
     return OpenedStudy(study, storage, created)
+
+
+def study_definition(config: SweepConfig) -> dict[str, Any]:
+    """What a study's trials must share to be compared: the dataset and its split, and the model."""
+    data = config.data
+    return {
+        "data": {"dataset": data.dataset, "val_fraction": data.val_fraction, "num_samples": data.num_samples},
+        "model": config.model.model_dump(),
+    }
+
+
+def check_study_matches(study: optuna.Study, config: SweepConfig) -> None:
+    """Raise InvalidArgument if ``config`` cannot resume ``study``: another dataset or model, or search choices
+    that Optuna cannot mix with the earlier trials' (e.g. a changed list of batch sizes)."""
+    recorded = study.user_attrs.get(DEFINITION_ATTR)
+    current = study_definition(config)
+    for section in ("data", "model"):
+        if recorded is not None and recorded.get(section) != current[section]:
+            raise InvalidArgument(
+                f"study {study.study_name!r} was run with [{section}] {recorded.get(section)}, the config has "
+                f"{current[section]}; its trials could not be compared: give a new --study-name"
+            )
+    new = search_distributions(config.search)
+    for trial in reversed(study.get_trials(deepcopy=False)):
+        if not new:
+            break
+        for name, old in trial.distributions.items():
+            if name in new:
+                try:
+                    optuna.distributions.check_distribution_compatibility(old, new.pop(name))
+                except ValueError:
+                    raise InvalidArgument(
+                        f"study {study.study_name!r} drew {name} from {_choices(old)}, the config says "
+                        f"{_choices(search_distributions(config.search)[name])}; Optuna cannot mix them in one "
+                        "study: restore the earlier choices or give a new --study-name"
+                    ) from None
+
+
+def _choices(distribution: optuna.distributions.BaseDistribution) -> str:
+    choices = getattr(distribution, "choices", None)
+    return str(list(choices)) if choices is not None else repr(distribution)
 
 
 def check_study_exists(plan: SweepPlan) -> None:
@@ -129,8 +178,9 @@ class StaleTrialHandler:
     Called from the reaper thread and from Optuna at each trial's start, hence the lock.
     """
 
-    def __init__(self, plan: SweepPlan) -> None:
+    def __init__(self, plan: SweepPlan, reason: str | None = None) -> None:
         self.plan = plan
+        self.reason = reason or f"its worker sent no heartbeat for {plan.grace_period} s (killed, or lost its machine)"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
@@ -139,7 +189,7 @@ class StaleTrialHandler:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         retried = len(trial.system_attrs.get("retry_history", []))
-        reason = f"its worker sent no heartbeat for {self.plan.grace_period} s (killed, or lost its machine)"
+        reason = self.reason
         log.warning("trial %d failed: %s; %s", trial.number, reason, "retrying it" if not retried else "not retried")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

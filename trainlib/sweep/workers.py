@@ -19,8 +19,8 @@ from tqdm import tqdm
 from trainlib._compat import quiet_logger_of_optimize_loop
 from trainlib.device import resolve_device
 from trainlib.engine import TrainingDiverged
-from trainlib.stores import StoreUnavailable
-from trainlib.sweep.interrupts import install_interrupt_handler
+from trainlib.store_failures import StoreDamaged, StoreUnavailable
+from trainlib.sweep.interrupts import EndingRuns, SweepInterrupted, install_interrupt_handler
 from trainlib.sweep.objective import load_splits, run_trial
 from trainlib.sweep.plan import SweepPlan
 from trainlib.sweep.stale_trials import retried_trial_number
@@ -39,7 +39,7 @@ def prepare_process() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Optuna logs a trial that raised with its traceback; for a lost store our own one line says it all.
     quiet_logger_of_optimize_loop(
-        lambda record: bool(record.exc_info) and isinstance(record.exc_info[1], StoreUnavailable)
+        lambda record: bool(record.exc_info) and isinstance(record.exc_info[1], (StoreUnavailable, StoreDamaged))
     )
 
 
@@ -97,25 +97,26 @@ class NewTrialBudget:
 
 
 def worker_main(plan: SweepPlan, worker_index: int, n_trials: int, threads: int, parent_run_id: str | None) -> None:
-    """Entry point of one worker process: its share of the trials on the shared study."""
+    """Entry point of one worker process: its share of the trials on the shared study.
+
+    It ends its own trials' runs on every way out (EndingRuns); the parent run is the parent process's, which
+    the worker only attaches to and never ends.
+    """
     install_interrupt_handler()
     prepare_process()
     torch.set_num_threads(threads)
-    study = open_study(plan, worker_index).study
     tracker = make_tracker(plan)
     if parent_run_id is not None:
         tracker.attach(parent_run_id)
-    # On SIGINT the interrupted trial and its run are closed on the way out; the parent process reports it.
-    with contextlib.suppress(KeyboardInterrupt):
-        try:
+    try:
+        with EndingRuns(tracker, plan.config.study.name):
+            study = open_study(plan, worker_index).study
             run_new_trials(study, plan, tracker, n_trials)
-        except StoreUnavailable as lost:
-            log.error("%s", lost)
-            sys.exit(LOST_STORE_EXIT)
-        except KeyboardInterrupt:
-            tracker.flush()
-            raise
-        tracker.flush()  # this worker's queued logging (the parent's best value so far) reaches the store
+    except SweepInterrupted:
+        return  # the interrupted trial and its run are closed; the parent process reports the interrupt
+    except (StoreUnavailable, StoreDamaged) as lost:
+        log.error("%s", lost)
+        sys.exit(LOST_STORE_EXIT)
 
 
 def run_workers(plan: SweepPlan, parent_run_id: str | None, study: optuna.Study, progress: tqdm) -> None:

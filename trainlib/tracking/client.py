@@ -16,10 +16,21 @@ from typing import Any
 import mlflow
 import requests
 import torch
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from trainlib.stores import MAX_OUTAGE_SECONDS, call_patiently, local_artifact_location, redact
+from trainlib.store_failures import (
+    MAX_OUTAGE_SECONDS,
+    StoreDamaged,
+    StoreUnavailable,
+    call_patiently,
+    check_sqlite_file,
+    database_unreachable,
+    probe_database,
+    store_damage,
+)
+from trainlib.stores import is_database_server, local_artifact_location, redact, sqlite_path
 
 RUN_KEY_TAG = "trainlib.run_key"
 _TRANSIENT_HTTP_STATUS = (429, 502, 503, 504)
@@ -54,7 +65,11 @@ def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
 
 
 def tracking_unreachable(error: BaseException) -> bool:
-    """True when ``error`` means the tracking server is down, restarting or overloaded (not a bad request)."""
+    """True when ``error`` means the tracking server or database is down, restarting or busy (not a bad request)."""
+    if store_damage(error) is not None:
+        return False
+    if database_unreachable(error):  # a database store (sqlite, PostgreSQL, MySQL) reached without a server
+        return True
     if isinstance(error, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
         return True
     if isinstance(error, requests.HTTPError):  # artifact uploads through the server's proxy
@@ -70,7 +85,7 @@ def tracking_unreachable(error: BaseException) -> bool:
 class PatientClient:
     """An MlflowClient whose every call waits out an unreachable tracking server, for a bounded time.
 
-    Attribute access forwards to MlflowClient, each call wrapped in stores.call_patiently; create_run is
+    Attribute access forwards to MlflowClient, each call wrapped in store_failures.call_patiently; create_run is
     made idempotent (a retried create finds the run the lost response created instead of making a second one).
     """
 
@@ -78,18 +93,48 @@ class PatientClient:
         configure_mlflow()  # the time bound above holds only with MLflow's own retries off
         self.tracking_uri = tracking_uri
         self.max_outage_seconds = max_outage_seconds
-        self.client = MlflowClient(tracking_uri)
+        self.client = self._open_store()
+
+    def _open_store(self) -> MlflowClient:
+        """A client on the store, opened (and the first time created and migrated) one process at a time.
+
+        MLflow creates a new sqlite store's tables and runs its schema migrations when a process first opens it
+        (in MlflowClient's constructor), with no lock: two commands starting together on a new store could both
+        migrate it and leave it half migrated. A file lock beside the store makes the others wait, then find it
+        complete. Before that, a file that is not a database and a database server that is down are found here:
+        MLflow would retry either for about 100 s, silently.
+        """
+        if is_database_server(self.tracking_uri):
+            self.patiently(lambda: probe_database(self.tracking_uri))
+        path = sqlite_path(self.tracking_uri)
+        with contextlib.nullcontext() if path is None else FileLock(f"{path}.lock"):
+            if path is not None:
+                check_sqlite_file(path, "MLflow store")
+            client = self.patiently(lambda: MlflowClient(self.tracking_uri))
+            self.patiently(lambda: client.search_experiments(max_results=1))  # the tracking store exists now
+        return client
 
     def patiently(self, call: Callable[[], Any]) -> Any:
-        """Run ``call()`` (which talks to the tracking server), retrying while the server is unreachable."""
-        return call_patiently(
-            call,
-            store="tracking",
-            label=f"tracking server {redact(self.tracking_uri)}",
-            is_transient=tracking_unreachable,
-            max_outage_seconds=self.max_outage_seconds,
-            secret_url=self.tracking_uri,
-        )
+        """Run ``call()`` (which talks to the tracking server), retrying while the server is unreachable.
+
+        A store that answers but cannot be used (read-only, corrupt) raises StoreDamaged at once.
+        """
+        try:
+            return call_patiently(
+                call,
+                store="tracking",
+                label=f"tracking server {redact(self.tracking_uri)}",
+                is_transient=tracking_unreachable,
+                max_outage_seconds=self.max_outage_seconds,
+                secret_url=self.tracking_uri,
+            )
+        except (StoreUnavailable, StoreDamaged):
+            raise
+        except Exception as error:
+            damage = store_damage(error)
+            if damage is None:
+                raise
+            raise StoreDamaged(f"MLflow store {redact(self.tracking_uri)} cannot be written: {damage}") from error
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self.client, name)

@@ -64,6 +64,9 @@ class TrialLog(Protocol):
 class Tracker(Protocol):
     """Records a study: a parent run, one child run per trial, the end-of-sweep report and best model."""
 
+    def wait_until_open(self) -> None:
+        """Wait until the store is open (created the first time); raise what went wrong there."""
+
     def start_sweep(
         self, slot: ParentRunSlot, created_study: bool, params: dict[str, Any], tags: dict[str, str], config: Path
     ) -> None:
@@ -104,8 +107,12 @@ class Tracker(Protocol):
     def flush(self) -> None:
         """Wait until everything handed over so far is in the store; raise what went wrong there."""
 
-    def end_sweep(self, status: str | None) -> None:
-        """End the parent run FINISHED, FAILED or KILLED (None: leave it for another command) and stop."""
+    def end_sweep(self, status: str | None, reason: str | None = None) -> None:
+        """End the parent run and any trial run still open FINISHED, FAILED or KILLED, recording ``reason``, and stop.
+
+        ``status`` None leaves the parent for another command. Never raises: a tracker that cannot reach its
+        store says so in one log line.
+        """
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,9 @@ class NullTracker:
 
     def __init__(self) -> None:
         self._weights_dir = tempfile.TemporaryDirectory(prefix="trainlib-weights-")
+
+    def wait_until_open(self) -> None:
+        pass
 
     def start_sweep(
         self, slot: ParentRunSlot, created_study: bool, params: dict[str, Any], tags: dict[str, str], config: Path
@@ -165,7 +175,7 @@ class NullTracker:
     def flush(self) -> None:
         pass
 
-    def end_sweep(self, status: str | None) -> None:
+    def end_sweep(self, status: str | None, reason: str | None = None) -> None:
         pass
 
     def _weights_path(self, trial_number: int) -> Path:

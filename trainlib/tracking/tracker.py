@@ -8,6 +8,7 @@ weights) and at the end. Every call goes through PatientClient, which waits out 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
@@ -18,13 +19,22 @@ from typing import Any
 import mlflow
 import torch
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
-from trainlib.stores import MAX_OUTAGE_SECONDS, StoreUnavailable
+from trainlib.errors import InvalidArgument
+from trainlib.store_failures import MAX_OUTAGE_SECONDS, StoreUnavailable, first_line
+from trainlib.stores import redact
 from trainlib.tracking.client import PatientClient, ensure_experiment, using_tracking_uri
 from trainlib.tracking.protocol import ParentRunSlot, TrialOutcome
 from trainlib.tracking.runs import Batch, RunLog, TrackingThread, done, now_ms
 
+log = logging.getLogger(__name__)
 WEIGHTS_FILE = "model_state.pt"
+END_REASON_TAG = "trainlib.end_reason"
+
+
+class StoresDisagree(InvalidArgument):
+    """The Optuna study names an MLflow parent run that the tracking store does not have."""
 
 
 class MlflowTracker:
@@ -38,11 +48,17 @@ class MlflowTracker:
         self.client: PatientClient | None = None  # set on the tracking thread, as is experiment_id
         self.experiment_id: str | None = None
         self.parent = RunLog(self.thread, self.write_batch)  # the parent's batches (best value so far)
-        self.thread.submit(self._open, experiment_name)
+        self.parent_run_id: str | None = None  # set on the tracking thread as soon as the parent run exists
+        self.open_trials: dict[int, RunLog] = {}  # trial runs started and not yet ended, by trial number
+        self.opened = self.thread.submit(self._open, experiment_name)
 
     def _open(self, experiment_name: str) -> None:  # tracking thread
-        self.client = PatientClient(self.tracking_uri, self.max_outage_seconds)
+        self.client = PatientClient(self.tracking_uri, self.max_outage_seconds)  # opens (or creates) the store
         self.experiment_id = ensure_experiment(self.client, self.tracking_uri, experiment_name)
+
+    def wait_until_open(self) -> None:
+        """Wait until the store is open and the experiment exists; raise what went wrong (StoreDamaged, ...)."""
+        self.opened.result()
 
     def write_batch(self, run_id: str, batch: Batch) -> None:
         """Store ``batch`` in run ``run_id`` now (on the tracking thread; RunLog hands batches to it)."""
@@ -71,10 +87,27 @@ class MlflowTracker:
         parent_run_id = slot.published()
         if parent_run_id is None:
             parent_run_id = self._create_or_join_parent(slot, params, config)
-        elif not created_study:
-            self.client.update_run(parent_run_id, status="RUNNING")
+        else:
+            self._check_parent_exists(parent_run_id)
+            if not created_study:
+                self.client.update_run(parent_run_id, status="RUNNING")
+        self.parent_run_id = parent_run_id
         self.client.log_batch(parent_run_id, tags=[RunTag(key, value) for key, value in tags.items()])
         return parent_run_id
+
+    def _check_parent_exists(self, parent_run_id: str) -> None:  # tracking thread
+        try:
+            run = self.client.get_run(parent_run_id)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            run = None
+        if run is None or run.info.experiment_id != self.experiment_id:
+            raise StoresDisagree(
+                f"study {self.experiment_name!r} records MLflow parent run {parent_run_id}, which "
+                f"{redact(self.tracking_uri)} does not hold in experiment {self.experiment_name!r} (a new or another "
+                "MLflow store?); give --tracking-uri of the store that holds it, or a new --study-name"
+            )
 
     def _create_or_join_parent(self, slot: ParentRunSlot, params: dict[str, Any], config: Path) -> str:
         wait_seconds = self.max_outage_seconds + 60  # the claim holder may be waiting out an outage itself
@@ -99,6 +132,7 @@ class MlflowTracker:
     def _create_parent(self, params: dict[str, Any], config: Path) -> str:  # tracking thread
         tags = {"trainlib.role": "study", "optuna.study": self.experiment_name}
         parent_run_id = self.client.create_run(self.experiment_id, run_name=self.experiment_name, tags=tags).info.run_id
+        self.parent_run_id = parent_run_id  # ended on the way out even if what follows fails
         batch = Batch(params=[Param(key, param_text(value)) for key, value in params.items()])
         for chunk in batch.within_limits():
             self.write_batch(parent_run_id, chunk)
@@ -106,7 +140,7 @@ class MlflowTracker:
         return parent_run_id
 
     def attach(self, parent_run_id: str) -> None:
-        """Use an existing parent run (worker processes)."""
+        """Use an existing parent run (worker processes); end_sweep then ends this process's trial runs only."""
         self.parent.created = done(parent_run_id)
 
     def wait_for_parent_run_id(self) -> str | None:
@@ -117,15 +151,46 @@ class MlflowTracker:
         """The study's best value after trial ``trial_number``, as parent metric best_<metric> (step = trial)."""
         self.parent.log(metrics=[Metric(f"best_{metric}", value, now_ms(), trial_number)])
 
-    def end_sweep(self, status: str | None) -> None:
-        """Mark the parent run FINISHED, FAILED or KILLED (None: leave it) once everything queued is in the store."""
+    def end_sweep(self, status: str | None, reason: str | None = None) -> None:
+        """End the parent (status None: leave it) and every trial run still open, once everything queued is stored.
+
+        If the tracking thread failed (a store that broke, a bug), the runs are ended from this thread with a
+        client of its own, so that no run is left RUNNING by a command that is gone. Never raises.
+        """
         try:
             self.flush()
-            if self.parent.created is not None and status is not None:
-                parent_run_id = self.wait_for_parent_run_id()
-                self.thread.call(lambda: self.client.set_terminated(parent_run_id, status))
+            self.thread.call(self._end_runs, status, reason, self.client)
+        except BaseException as error:  # the tracking thread failed, or a signal cut the wait short
+            if isinstance(error, StoreUnavailable) and error.store == "tracking":
+                if self.parent_run_id is not None or self.open_trials:
+                    log.error("runs of study %r left RUNNING: %s", self.experiment_name, error)
+            else:
+                self._end_runs_after_failure(status, reason or first_line(error))
         finally:
             self.thread.shutdown()
+
+    def _end_runs(self, status: str | None, reason: str | None, client: PatientClient) -> None:
+        if self.open_trials:
+            trial_status = status if status in ("FAILED", "KILLED") else "FAILED"
+            tags = TrialOutcome(trial_status, "FAIL", reason or "the sweep ended during the trial").tags()
+            for number, trial in sorted(self.open_trials.items()):
+                if trial.created is not None and trial.created.done() and trial.created.exception() is None:
+                    run_id = trial.created.result()
+                    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+                    client.set_terminated(run_id, trial_status)
+                self.open_trials.pop(number, None)
+        if status is not None and self.parent_run_id is not None:
+            if reason:
+                client.set_tag(self.parent_run_id, END_REASON_TAG, reason[:500])
+            client.set_terminated(self.parent_run_id, status)
+
+    def _end_runs_after_failure(self, status: str | None, reason: str) -> None:  # the calling thread
+        if self.parent_run_id is None and not self.open_trials:
+            return  # nothing was started (e.g. the store could not be opened)
+        try:
+            self._end_runs(status or "FAILED", reason, PatientClient(self.tracking_uri, self.max_outage_seconds))
+        except BaseException as error:
+            log.error("runs of study %r left RUNNING: the store cannot end them: %s", self.experiment_name, error)
 
     # ---- child runs ----
 
@@ -141,6 +206,7 @@ class MlflowTracker:
             tags["optuna.retry_of"] = str(retry_of)
         created = self.thread.submit(self._create_child, trial_number, tags)
         trial = RunLog(self.thread, self.write_batch, created, trial_number=trial_number)
+        self.open_trials[trial_number] = trial
         trial.log(
             params=[Param(key, param_text(value)) for key, value in {**params, "trial_number": trial_number}.items()]
         )
@@ -165,8 +231,12 @@ class MlflowTracker:
         """Record ``outcome`` and end the run once all of its log is stored; return its id (waits for its creation)."""
         trial.log(tags=[RunTag(key, value) for key, value in outcome.tags().items()])
         trial.hand_over()
-        self.thread.submit(lambda: self.client.set_terminated(trial.created.result(), outcome.run_status))
+        self.thread.submit(self._end_trial_run, trial, outcome.run_status)
         return trial.created.result()
+
+    def _end_trial_run(self, trial: RunLog, status: str) -> None:  # tracking thread
+        self.client.set_terminated(trial.created.result(), status)
+        self.open_trials.pop(trial.trial_number, None)
 
     def load_trial_weights(self, run_id: str | None, trial_number: int) -> dict[str, Any] | None:
         """The best-epoch weights a trial logged to run ``run_id``, or None when it logged none."""
