@@ -67,18 +67,25 @@ QUICK_OUT ?= .cache/bench-quick
 QUICK_REPORT_ARGS ?= --no-tracking
 BASELINE ?= $(lastword $(sort $(wildcard bench/results/*.json)))
 THRESHOLD ?= 10%
+# make bench CONFIG=path/study.toml: that study's model and data (CONFIG given on the command line or in the
+# environment; the default CONFIG above is for make sweep and leaves the default grid as it is).
+BENCH_STUDY := $(if $(filter file,$(origin CONFIG)),,--config '$(CONFIG)')
+# e.g. examples/digits_cnn/study.toml -> bench/results/digits_cnn-study/
+BENCH_STUDY_DIR := bench/results/$(notdir $(patsubst %/,%,$(dir $(abspath $(CONFIG)))))-$(basename $(notdir $(CONFIG)))
 
 # The default grid (3 to 5 minutes on a 2-core CPU): JSON in .benchmarks/ (autosave) and bench/results/, reports.
+# With CONFIG=study.toml: that study's grid, its JSON and reports under bench/results/<folder>-<file name>/.
 bench: setup
-	mkdir -p bench/results
-	json=bench/results/$$(date -u +%Y%m%dT%H%M%SZ).json && \
-	$(BIN)/python -m pytest bench --workers "$(WORKERS)" --benchmark-autosave --benchmark-json=$$json $(BENCH_ARGS) && \
-	$(BIN)/trainlib bench-report $$json --out-dir $(BENCH_REPORTS)
+	out=$(if $(BENCH_STUDY),$(BENCH_STUDY_DIR),bench/results) && mkdir -p $$out && \
+	json=$$out/$$(date -u +%Y%m%dT%H%M%SZ).json && \
+	$(BIN)/python -m pytest bench --workers "$(WORKERS)" --benchmark-autosave --benchmark-json=$$json \
+		$(BENCH_STUDY) $(BENCH_ARGS) && \
+	$(BIN)/trainlib bench-report $$json --out-dir $(if $(BENCH_STUDY),$$out,$(BENCH_REPORTS))
 
 # The reduced grid (workers 0 and 2, small datasets, 2 rounds): under a minute; JSON and reports in QUICK_OUT.
 bench-quick: setup
 	mkdir -p $(QUICK_OUT)
-	$(BIN)/python -m pytest bench --quick --benchmark-json=$(QUICK_OUT)/bench.json $(BENCH_ARGS)
+	$(BIN)/python -m pytest bench --quick --benchmark-json=$(QUICK_OUT)/bench.json $(BENCH_STUDY) $(BENCH_ARGS)
 	$(BIN)/trainlib bench-report $(QUICK_OUT)/bench.json --out-dir $(QUICK_OUT) $(QUICK_REPORT_ARGS)
 
 # Rerun the default grid; fail when any case's median epoch time regresses by more than THRESHOLD vs BASELINE.

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import tomllib
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +14,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from bench.support import torch_environment
-from trainlib.data import OnTheFlyMNIST1D, mnist1d_arrays
+from trainlib.data import DatasetSplits, OnTheFlyMNIST1D, mnist1d_arrays
+from trainlib.errors import InvalidArgument
+from trainlib.workload import Workload, check_workload, workload_from_sections
 
 
 def worker_counts(text: str) -> list[int]:
@@ -37,6 +42,39 @@ def non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
     return int(text)
+
+
+def study_file(text: str) -> Path:
+    """Parse --config: an existing study file."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such study file: {text!r}")
+    return path
+
+
+@dataclass(frozen=True)
+class StudyWorkload:
+    """What --config names: the study's name, its model and data, and the batch sizes its search draws from."""
+
+    name: str
+    workload: Workload
+    seed: int
+    batch_sizes: list[int]
+
+
+def read_study_workload(path: Path) -> StudyWorkload:
+    """The workload of a study file, read with tomllib (the bench runs where pydantic and Optuna may be missing)."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        workload = workload_from_sections(raw.get("model", {}), raw.get("data", {}), path.parent.resolve())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, InvalidArgument) as error:
+        raise pytest.UsageError(f"--config {path}: {error}") from None
+    batch_sizes = raw.get("search", {}).get("batch_size", [])
+    batch_sizes = batch_sizes if isinstance(batch_sizes, list) else [batch_sizes]
+    if not batch_sizes or not all(isinstance(size, int) and size > 0 for size in batch_sizes):
+        raise pytest.UsageError(f"--config {path}: [search] batch_size must list positive integers")
+    name = str(raw.get("study", {}).get("name", path.stem))
+    return StudyWorkload(name, workload, int(raw.get("training", {}).get("seed", 0)), sorted(set(batch_sizes)))
 
 
 # Option -> (default grid, --quick grid). `make bench` uses the first column, `make bench-quick` the second.
@@ -65,7 +103,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--on-the-fly-samples", type=positive_int, help="Samples per epoch of on-the-fly MNIST-1D (2000; quick 400)."
     )
-    group.addoption("--batch-size", type=positive_int, help="Batch size (100).")
+    group.addoption("--batch-size", type=positive_int, help="Batch size (100; with --config: the study's batch sizes).")
+    group.addoption(
+        "--config",
+        type=study_file,
+        help="A study file (experiments/*.toml or your own): measure its model and data over device x workers x "
+        "its [search] batch sizes instead of the default grid (make bench CONFIG=...).",
+    )
     group.addoption("--rounds", type=positive_int, help="Timed epochs per grid case (5; quick 2).")
     group.addoption("--parity-rounds", type=positive_int, help="Timed epochs per parity loop (7; quick 2).")
     group.addoption("--warmup-rounds", type=positive_int, help="Untimed epochs before the timed ones (1).")
@@ -89,6 +133,18 @@ def pytest_configure(config: pytest.Config) -> None:
     threads = config.option.torch_threads
     if threads:
         torch.set_num_threads(threads)
+    study = config.getoption("config", default=None)
+    config.study_workload = read_study_workload(study) if study is not None else None  # type: ignore[attr-defined]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --config only the throughput grid runs: the parity loops compare loops on MNIST-1D, not a workload."""
+    if config.study_workload is None:  # type: ignore[attr-defined]
+        return
+    parity = [item for item in items if item.path.name == "test_parity.py"]
+    if parity:
+        config.hook.pytest_deselected(items=parity)
+        items[:] = [item for item in items if item.path.name != "test_parity.py"]
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
@@ -99,6 +155,16 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
             machine_info[f"{package.replace('-', '_')}_version"] = version(package)
         except PackageNotFoundError:
             machine_info[f"{package.replace('-', '_')}_version"] = "none"
+
+
+@pytest.fixture(scope="session")
+def study_splits(pytestconfig: pytest.Config) -> DatasetSplits:
+    """The --config study's data, checked with one batch through its model (a mistake stops the session)."""
+    study: StudyWorkload = pytestconfig.study_workload  # type: ignore[attr-defined]
+    try:
+        return check_workload(study.workload, study.seed)
+    except InvalidArgument as error:
+        pytest.exit(f"--config: {error}", returncode=2)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from trainlib.data import make_loader
 from trainlib.engine import train_one_epoch
 from trainlib.models import build_model
 from trainlib.optim import build_optimizer
+from trainlib.workload import build_workload_model
 
 pytestmark = [
     pytest.mark.benchmark(timer=synchronized_perf_counter),
@@ -53,25 +54,54 @@ def grid(workers: list[int]) -> Iterator[tuple[tuple[str, str, str, int, str], s
                         yield (device, workload, loader, num_workers, memory), case_id, device == "cuda"
 
 
+def study_grid(workers: list[int], batch_sizes: list[int]) -> Iterator[tuple[tuple, str, bool]]:
+    """The cases of a --config study: device × DataLoader workers × the study's batch sizes, trainlib's loader."""
+    for device in ("cpu", "cuda"):
+        for batch_size in batch_sizes:
+            for num_workers in workers:
+                case_id = f"{device}-study-batch_{batch_size}-{num_workers}_workers"
+                yield (device, "study", "trainlib", num_workers, "pageable", batch_size), case_id, device == "cuda"
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize test_epoch_throughput with the grid for --workers."""
+    """Parametrize test_epoch_throughput with the grid for --workers (or a --config study's grid)."""
     if metafunc.definition.name != "test_epoch_throughput":
         return
-    cases = [
-        pytest.param(*values, id=case_id, marks=[NEEDS_CUDA] if needs_cuda else [])
-        for values, case_id, needs_cuda in grid(metafunc.config.getoption("--workers"))
-    ]
-    metafunc.parametrize("device,workload,loader,num_workers,memory", cases)
+    config = metafunc.config
+    study = config.study_workload  # type: ignore[attr-defined]
+    if study is None:
+        batch_size = config.getoption("--batch-size")
+        cases = [
+            ((*values, batch_size), case_id, cuda) for values, case_id, cuda in grid(config.getoption("--workers"))
+        ]
+    else:
+        cases = list(study_grid(config.getoption("--workers"), study.batch_sizes))
+    metafunc.parametrize(
+        "device,workload,loader,num_workers,memory,batch_size",
+        [pytest.param(*values, id=case_id, marks=[NEEDS_CUDA] if cuda else []) for values, case_id, cuda in cases],
+    )
 
 
 def test_epoch_throughput(
-    benchmark, request: pytest.FixtureRequest, device: str, workload: str, loader: str, num_workers: int, memory: str
+    benchmark,
+    request: pytest.FixtureRequest,
+    device: str,
+    workload: str,
+    loader: str,
+    num_workers: int,
+    memory: str,
+    batch_size: int,
 ) -> None:
-    """Median time of one training epoch of cnn1d with Adam for this case."""
+    """Median time of one training epoch (cnn1d, or the --config study's model) with Adam for this case."""
     config = request.config
-    dataset = request.getfixturevalue(f"{workload}_train")
-    batch_size = config.getoption("--batch-size")
     torch.manual_seed(0)
+    if workload == "study":
+        study, splits = config.study_workload, request.getfixturevalue("study_splits")  # type: ignore[attr-defined]
+        dataset, model = splits.train, build_workload_model(study.workload, splits)
+        names = {"workload": study.name, "model": study.workload.model, "dataset": study.workload.data}
+    else:
+        dataset, model = request.getfixturevalue(f"{workload}_train"), build_model("cnn1d", NUM_FEATURES, NUM_CLASSES)
+        names = {"workload": workload, "model": "cnn1d", "dataset": "mnist1d"}
     train_loader = make_loader(
         dataset,
         batch_size,
@@ -83,9 +113,9 @@ def test_epoch_throughput(
         resident=memory == "resident",
         seed=0,
     )
-    model = build_model("cnn1d", NUM_FEATURES, NUM_CLASSES).to(device)
+    model = model.to(device)
     optimizer = build_optimizer("adam", model.parameters(), LEARNING_RATE)
-    benchmark.group = workload
+    benchmark.group = names["workload"]
     mean_loss = benchmark.pedantic(
         train_one_epoch,
         args=(model, train_loader, nn.CrossEntropyLoss(), optimizer, device),
@@ -98,7 +128,7 @@ def test_epoch_throughput(
             benchmark,
             device=device,
             device_name=hardware_name(device),
-            workload=workload,
+            **names,
             loader=loader,
             num_workers=num_workers,
             memory=memory,

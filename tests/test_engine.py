@@ -344,6 +344,27 @@ def test_train_model_accepts_a_ready_optimizer():
     assert len(optimizer.seen_grads) == 8
 
 
+def test_a_cosine_schedule_steps_once_an_epoch_and_ends_at_zero():
+    model = nn.Linear(8, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = make_loader(random_dataset(), batch_size=8, shuffle=False)
+    rates = []
+
+    train_model(
+        model,
+        loader,
+        loader,
+        4,
+        0.1,
+        "cpu",
+        optimizer,
+        lr_schedule="cosine",
+        callbacks=[lambda result: rates.append(optimizer.param_groups[0]["lr"])],
+    )
+
+    assert rates == pytest.approx([0.1 * (1 + math.cos(math.pi * epoch / 4)) / 2 for epoch in (1, 2, 3, 4)])
+
+
 def test_history_reads_like_a_dict_of_lists():
     history = History()
     for epoch, accuracy in ((1, 0.5), (2, 0.75), (3, 0.6)):

@@ -1,11 +1,13 @@
 """Tests for trainlib.optim: each name builds the right optimizer with the given settings."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from trainlib import OPTIMIZER_NAMES, InvalidArgument, build_optimizer
-from trainlib.optim import optimizer_options
+from trainlib.optim import build_lr_schedule, optimizer_options
 
 
 def parameters() -> list[nn.Parameter]:
@@ -104,3 +106,22 @@ def test_non_positive_learning_rate_is_rejected(lr):
 def test_bad_sgd_settings_are_rejected(options, fragment):
     with pytest.raises(InvalidArgument, match=fragment):
         build_optimizer("sgd", parameters(), 0.1, **options)
+
+
+def test_the_cosine_schedule_anneals_the_learning_rate_to_zero_by_the_last_epoch():
+    optimizer = build_optimizer("sgd", nn.Linear(2, 2).parameters(), 0.1)
+    schedule = build_lr_schedule("cosine", optimizer, num_epochs=4)
+    rates = []
+    for _ in range(4):
+        optimizer.step()
+        schedule.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+
+    assert rates == pytest.approx([0.1 * (1 + math.cos(math.pi * epoch / 4)) / 2 for epoch in (1, 2, 3, 4)], abs=1e-12)
+    assert build_lr_schedule("constant", optimizer, num_epochs=4) is None
+
+
+def test_an_unknown_schedule_names_the_value_and_the_choices():
+    optimizer = build_optimizer("sgd", nn.Linear(2, 2).parameters(), 0.1)
+    with pytest.raises(InvalidArgument, match="unknown lr_schedule 'step'; valid choices: constant, cosine"):
+        build_lr_schedule("step", optimizer, num_epochs=4)

@@ -68,7 +68,7 @@ def test_the_logged_best_model_serves_and_scores_its_test_accuracy(
 ) -> None:
     import mlflow
 
-    from trainlib.sweep.objective import load_splits
+    from trainlib.workload import load_splits
 
     summary = sweep(SMOKE)
     client = MlflowClient(stores["tracking_uri"])
@@ -76,7 +76,7 @@ def test_the_logged_best_model_serves_and_scores_its_test_accuracy(
     (logged,) = client.search_logged_models([parent.info.experiment_id])
 
     config = load_config(SMOKE)
-    splits = load_splits(config.data, config.training.seed)
+    splits = load_splits(config.workload(SMOKE.parent), config.training.seed)
     features, labels = (tensor.numpy() for tensor in splits.test.tensors)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stores["tracking_uri"])  # as a user of the store would
     served = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")  # as `mlflow models serve` loads it

@@ -4,7 +4,15 @@ The core (engine, data, models, optim, device) imports only torch and numpy; MLf
 meet it through callbacks, in trainlib.tracking and trainlib.sweep.
 """
 
-from trainlib.data import DATASET_NAMES, DatasetSplits, OnTheFlyMNIST1D, TensorBatchLoader, load_dataset, make_loader
+from trainlib.data import (
+    DATASET_NAMES,
+    DatasetSplits,
+    OnTheFlyMNIST1D,
+    TensorBatchLoader,
+    load_dataset,
+    make_loader,
+    splits_from_arrays,
+)
 from trainlib.device import device_name, resolve_device, synchronize
 from trainlib.engine import (
     Callback,
@@ -42,6 +50,7 @@ __all__ = [
     "make_loader",
     "resolve_device",
     "seed_everything",
+    "splits_from_arrays",
     "synchronize",
     "train_model",
     "train_one_epoch",

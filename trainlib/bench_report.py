@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 EXPERIMENT_NAME = "throughput"
 MARKDOWN_FILE, CSV_FILE, CHART_FILE = "throughput.md", "throughput.csv", "throughput.png"
 CASE_KEYS = ("workload", "device", "loader", "num_workers", "batch_size", "dataset_size")
-# Speedups are relative to this case of the same workload: the seed's setup (torch's DataLoader, no workers, CPU).
-BASELINE_CASE = {"device": "cpu", "loader": "torch", "num_workers": 0}
+# Speedups are relative to this case of the same workload and batch size: the seed's setup (torch's DataLoader, no
+# workers, CPU), or where that did not run (a study's own workload), trainlib's loader with no workers on the CPU.
+BASELINE_CASES = ({"device": "cpu", "loader": "torch", "num_workers": 0}, {"device": "cpu", "num_workers": 0})
 PARITY_SLOWDOWN_LIMIT = 1.03  # (a) trainlib within 3% of (b) the eager loop
 PARITY_SPEEDUP_TARGET = 1.10  # (a) trainlib at least 1.10x as fast as (c) the seed's loop
 
@@ -117,6 +118,8 @@ def _case_row(bench: dict[str, Any]) -> dict[str, Any]:
         "name": bench["name"],
         "group": bench.get("group") or "",
         "workload": extra["workload"],
+        "model": str(extra.get("model", "cnn1d")),
+        "dataset": str(extra.get("dataset", "mnist1d")),
         "device": extra["device"],
         "device_name": extra.get("device_name", extra["device"]),
         "memory": extra.get("memory", "pageable"),
@@ -142,15 +145,18 @@ def _is_parity(cases: pd.DataFrame) -> pd.Series:
 
 
 def _speedups(cases: pd.DataFrame) -> pd.Series:
-    """samples/s over the workload's baseline case (NaN where that case did not run); parity rows excluded."""
+    """samples/s over the baseline case of the workload and batch size (NaN where none ran); parity rows excluded."""
     grid = cases[~_is_parity(cases)]
     speedups = pd.Series(math.nan, index=cases.index)
-    for _, rows in grid.groupby("workload"):
-        is_baseline = pd.Series(True, index=rows.index)
-        for key, value in BASELINE_CASE.items():
-            is_baseline &= rows[key] == value
-        if is_baseline.any():
-            speedups[rows.index] = rows["samples_per_second"] / rows.loc[is_baseline, "samples_per_second"].iloc[0]
+    for _, rows in grid.groupby(["workload", "batch_size"]):
+        for baseline in BASELINE_CASES:
+            is_baseline = pd.Series(True, index=rows.index)
+            for key, value in baseline.items():
+                is_baseline &= rows[key] == value
+            if is_baseline.any():
+                base = rows.loc[is_baseline, "samples_per_second"].iloc[0]
+                speedups[rows.index] = rows["samples_per_second"] / base
+                break
     return speedups
 
 
@@ -217,11 +223,11 @@ def render_markdown(results: BenchResults) -> str:
         f"torch {machine.get('torch_version', '?')} with {machine.get('torch_num_threads', '?')} intra-op thread(s); "
         f"CUDA {machine.get('cuda_version', 'none')}; GPU: {gpus}.",
         "",
-        f"One round is one full training epoch (forward, backward, Adam step) of cnn1d at batch size "
-        f"{_listing(cases['batch_size'])}; samples/s is the training split's size over the median of {rounds} "
-        f"timed epochs, after {_listing(cases['warmup_rounds'])} warm-up epoch(s). IQR is the spread between the "
-        "fast and slow quartile epochs, in samples/s. Speedup is over the same workload's cpu / torch loader / "
-        "0 workers case.",
+        f"One round is one full training epoch (forward, backward, Adam step) of {_listing(cases['model'])} on "
+        f"{_listing(cases['dataset'])} at batch size {_listing(cases['batch_size'])}; samples/s is the training "
+        f"split's size over the median of {rounds} timed epochs, after {_listing(cases['warmup_rounds'])} warm-up "
+        "epoch(s). IQR is the spread between the fast and slow quartile epochs, in samples/s. Speedup is over the "
+        "same workload's cpu / 0 workers case at the same batch size (torch's loader where it ran).",
     ]
     if not machine.get("cuda_available", False):
         lines += ["", "No GPU here: the CUDA cases (pinned, pageable and GPU-resident memory) were skipped."]
@@ -238,19 +244,20 @@ def _listing(values: pd.Series) -> str:
 
 
 def _workload_section(workload: str, rows: pd.DataFrame) -> list[str]:
-    rows = rows.sort_values(["device", "memory", "loader", "num_workers"])
+    rows = rows.sort_values(["batch_size", "device", "memory", "loader", "num_workers"])
     lines = [
-        f"## {workload}: {rows['dataset_size'].iloc[0]:,} training samples per epoch",
+        f"## {workload}: {rows['dataset_size'].iloc[0]:,} training samples per epoch "
+        f"(model {_listing(rows['model'])}, data {_listing(rows['dataset'])})",
         "",
-        "| device | memory | loader | workers | samples/s (median) | IQR (samples/s) | speedup |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| batch | device | memory | loader | workers | samples/s (median) | IQR (samples/s) | speedup |",
+        "|---:|---|---|---|---:|---:|---:|---:|",
     ]
     for row in rows.itertuples():
         memory = row.memory if row.device != "cpu" else "-"
         speedup = "n/a" if math.isnan(row.speedup) else f"{row.speedup:.2f}×"
         lines.append(
-            f"| {row.device} | {memory} | {row.loader} | {row.num_workers} | {row.samples_per_second:,.0f} "
-            f"| {row.samples_per_second_iqr:,.0f} | {speedup} |"
+            f"| {row.batch_size} | {row.device} | {memory} | {row.loader} | {row.num_workers} "
+            f"| {row.samples_per_second:,.0f} | {row.samples_per_second_iqr:,.0f} | {speedup} |"
         )
     if workload == "on_the_fly" and set(rows["loader"]) == {"torch"}:
         lines += ["", "On-the-fly data is not a tensor dataset, so trainlib's loader is torch's DataLoader here."]
@@ -261,7 +268,7 @@ def _workload_section(workload: str, rows: pd.DataFrame) -> list[str]:
 def _case_label(row: Any) -> str:
     memory = f", {row.memory} memory" if row.device != "cpu" else ""
     workers = "1 worker" if row.num_workers == 1 else f"{row.num_workers} workers"
-    return f"{row.device}, {row.loader} loader, {workers}{memory}"
+    return f"{row.device}, {row.loader} loader, {workers}{memory}, batch size {row.batch_size}"
 
 
 def _best_sentence(rows: pd.DataFrame) -> str:
@@ -346,9 +353,13 @@ def plot_throughput(results: BenchResults, path: Path) -> None:
     axes = figure.subplots(1, max(len(workloads), 1), squeeze=False)[0]
     for axis, workload in zip(axes, workloads, strict=False):
         rows = grid[grid["workload"] == workload]
-        for (device, loader, memory), line in rows.groupby(["device", "loader", "memory"], sort=True):
+        several_batch_sizes = rows["batch_size"].nunique() > 1
+        for (device, loader, memory, batch), line in rows.groupby(
+            ["device", "loader", "memory", "batch_size"], sort=True
+        ):
             line = line.sort_values("num_workers")
             label = f"{device} · {loader}" + (f" · {memory}" if device != "cpu" else "")
+            label += f" · batch {batch}" if several_batch_sizes else ""
             fast, slow = (
                 line["dataset_size"] / line["q1_epoch_seconds"],
                 line["dataset_size"] / line["q3_epoch_seconds"],
@@ -368,5 +379,8 @@ def plot_throughput(results: BenchResults, path: Path) -> None:
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")
-    figure.suptitle(f"Epoch throughput, cnn1d + Adam ({results.machine_info.get('cpu_model', '')})", fontsize="medium")
+    models = ", ".join(dict.fromkeys(grid["model"]))
+    figure.suptitle(
+        f"Epoch throughput, {models} + Adam ({results.machine_info.get('cpu_model', '')})", fontsize="medium"
+    )
     figure.savefig(path, dpi=90)

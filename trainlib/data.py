@@ -32,13 +32,22 @@ TEST_FRACTION = 0.2
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """Train/val/test tensors of one dataset. ``test`` is for the final report of a chosen model only."""
+    """Train/val/test parts of one dataset; ``test`` is for the final report of a chosen model only.
 
-    train: TensorDataset
-    val: TensorDataset
-    test: TensorDataset
-    num_features: int
+    In-memory parts are TensorDatasets (inputs, integer labels); any other map-style dataset yielding
+    (input tensor, label) pairs takes torch's DataLoader path. ``input_shape`` is one sample's shape.
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    input_shape: tuple[int, ...]
     num_classes: int
+
+    @property
+    def num_features(self) -> int:
+        """Values per sample (the product of ``input_shape``)."""
+        return math.prod(self.input_shape)
 
 
 def cache_dir() -> Path:
@@ -90,11 +99,16 @@ def _stratified_split(
     return train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
 
 
-def check_split_sizes(num_samples: int, num_classes: int, val_fraction: float) -> None:
-    """Raise InvalidArgument unless both parts of a stratified train/val split hold every class at least once."""
+def check_split_sizes(num_samples: int, num_classes: int, val_fraction: float, part: str = "validation") -> None:
+    """Raise InvalidArgument unless both parts of a stratified split hold every class at least once."""
     val_size = math.ceil(val_fraction * num_samples)  # as scikit-learn's train_test_split rounds it
     train_size = num_samples - val_size
     if min(val_size, train_size) < num_classes:
+        if part != "validation":
+            raise InvalidArgument(
+                f"{num_samples} samples of {num_classes} classes are too few to split off a {val_fraction:.0%} "
+                f"{part} part holding every class; give x_test and y_test, or more samples"
+            )
         lowest = num_classes / num_samples
         raise InvalidArgument(
             f"val_fraction {val_fraction} splits {num_samples} samples into {train_size} for training and {val_size} "
@@ -108,8 +122,6 @@ def load_dataset(
 ) -> DatasetSplits:
     """Load ``name`` ('digits', 'mnist1d'): a test part fixed by the dataset, a train/val split drawn with ``seed``."""
     check_choice("dataset", name, DATASET_NAMES)
-    if not 0 < val_fraction < 1:
-        raise InvalidArgument(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     if name == "digits":
         if num_samples is not None:
             raise InvalidArgument(
@@ -119,18 +131,45 @@ def load_dataset(
 
         bunch = load_digits()
         features = (bunch.data / 16.0).astype(np.float32)  # pixel intensities 0..16 -> 0..1
-        x_rest, x_test, y_rest, y_test = _stratified_split(features, bunch.target, TEST_FRACTION, TEST_SPLIT_SEED)
-    else:
-        arrays = mnist1d_arrays(MNIST1D_SAMPLES if num_samples is None else num_samples)
-        x_rest, y_rest, x_test, y_test = arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"]
-    check_split_sizes(len(y_rest), int(np.unique(y_rest).size), val_fraction)
-    x_train, x_val, y_train, y_val = _stratified_split(x_rest, y_rest, val_fraction, seed)
+        return splits_from_arrays(features, bunch.target, seed=seed, val_fraction=val_fraction)
+    arrays = mnist1d_arrays(MNIST1D_SAMPLES if num_samples is None else num_samples)
+    return splits_from_arrays(
+        arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"], seed=seed, val_fraction=val_fraction
+    )
+
+
+def splits_from_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+) -> DatasetSplits:
+    """Samples ``x`` (any shape per sample) with integer labels ``y`` as train/val/test tensors.
+
+    Without ``x_test`` a stratified test part (TEST_FRACTION) is split off with the fixed TEST_SPLIT_SEED, so every
+    study of these arrays is scored on the same samples; ``seed`` only draws the stratified train/val split.
+    num_classes is the largest label plus one.
+    """
+    if not 0 < val_fraction < 1:
+        raise InvalidArgument(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    num_classes = int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
+    try:
+        if x_test is None or y_test is None:
+            check_split_sizes(len(y), int(np.unique(y).size), TEST_FRACTION, part="test")
+            x, x_test, y, y_test = _stratified_split(x, y, TEST_FRACTION, TEST_SPLIT_SEED)
+        check_split_sizes(len(y), int(np.unique(y).size), val_fraction)
+        x_train, x_val, y_train, y_val = _stratified_split(x, y, val_fraction, seed)
+    except ValueError as error:  # scikit-learn: a class with a single sample cannot be stratified
+        raise InvalidArgument(str(error)) from None
     return DatasetSplits(
         train=_tensors(x_train, y_train),
         val=_tensors(x_val, y_val),
         test=_tensors(x_test, y_test),
-        num_features=int(x_train.shape[1]),
-        num_classes=NUM_CLASSES,
+        input_shape=tuple(int(size) for size in x_train.shape[1:]),
+        num_classes=num_classes,
     )
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from trainlib.device import resolve_device, synchronize
 from trainlib.errors import check_positive, check_positive_int
-from trainlib.optim import build_optimizer
+from trainlib.optim import build_lr_schedule, build_optimizer
 
 
 @dataclass(frozen=True)
@@ -165,13 +165,15 @@ def train_model(
     criterion: nn.Module | None = None,
     optimizer_options: dict[str, Any] | None = None,
     divergence_threshold: float | None = None,
+    lr_schedule: str = "constant",
 ) -> History:
     """Train for up to ``num_epochs``, evaluating after each; return the History.
 
     ``optimizer`` is a name for build_optimizer (with ``optimizer_options``) or a ready optimizer.
     Each callback receives the EpochResult; one returning True stops training after that epoch.
     Raises TrainingDiverged as soon as an epoch's training loss is NaN, infinite or above
-    ``divergence_threshold`` (a dead network can keep a huge loss finite forever).
+    ``divergence_threshold`` (a dead network can keep a huge loss finite forever). ``lr_schedule``
+    'cosine' anneals the learning rate from ``lr`` to 0 over ``num_epochs`` (stepped after each epoch).
     """
     check_positive_int("num_epochs", num_epochs)
     check_positive("lr", lr)
@@ -180,6 +182,7 @@ def train_model(
     criterion = criterion or nn.CrossEntropyLoss()
     if isinstance(optimizer, str):
         optimizer = build_optimizer(optimizer, model.parameters(), lr, **(optimizer_options or {}))
+    schedule = build_lr_schedule(lr_schedule, optimizer, num_epochs)
     history = History()
     for epoch in range(1, num_epochs + 1):
         synchronize(device)
@@ -187,6 +190,8 @@ def train_model(
         train_loss, samples = _train_epoch(model, train_loader, criterion, optimizer, device)
         synchronize(device)
         epoch_seconds = time.perf_counter() - started
+        if schedule is not None:
+            schedule.step()
         if not math.isfinite(train_loss) or (divergence_threshold is not None and train_loss > divergence_threshold):
             raise TrainingDiverged(epoch, train_loss, divergence_threshold)
         val_loss, val_accuracy = evaluate_model(model, val_loader, criterion, device)

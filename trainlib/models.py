@@ -1,14 +1,17 @@
-"""Model factory: an MLP for flat features and a 1-D CNN for sequences."""
+"""Models by name or import path: the built-in MLP and 1-D CNN, and the user's own factories, in one registry."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from trainlib.errors import InvalidArgument, check_choice
+from trainlib.factories import check_options, describe, is_reference, resolve_reference
 
 
 class MLP(nn.Sequential):
@@ -47,10 +50,11 @@ class CNN1D(nn.Module):
         kernel_size: int = 5,
         dropout: float = 0.0,
         batch_norm: bool = True,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        width, length = 1, in_features
+        width, length = in_channels, in_features
         for out_channels in channels:
             layers.append(nn.Conv1d(width, out_channels, kernel_size, stride=2, padding=kernel_size // 2))
             if batch_norm:
@@ -68,8 +72,6 @@ class CNN1D(nn.Module):
         return self.head(self.features(x))
 
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn1d": CNN1D}
-MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
 MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     "mlp": ("hidden_sizes", "dropout", "batch_norm"),
     "cnn1d": ("channels", "kernel_size", "dropout", "batch_norm"),
@@ -84,9 +86,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def build_model(name: str, in_features: int, num_classes: int, **options: Any) -> nn.Module:
-    """Build model ``name`` ('mlp' or 'cnn1d') for ``in_features`` inputs and ``num_classes`` outputs."""
-    check_choice("model", name, MODEL_NAMES)
+def _check_builtin_options(name: str, options: dict[str, Any]) -> None:
     unknown = sorted(set(options) - set(MODEL_OPTIONS[name]))
     if unknown:
         raise InvalidArgument(
@@ -104,4 +104,68 @@ def build_model(name: str, in_features: int, num_classes: int, **options: Any) -
     kernel_size = options.get("kernel_size", 1)
     if not _is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
         raise InvalidArgument(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
-    return MODELS[name](in_features, num_classes, **options)
+
+
+def mlp(input_shape: tuple[int, ...], num_classes: int, **options: Any) -> nn.Module:
+    """The built-in MLP for samples of any shape (flattened)."""
+    _check_builtin_options("mlp", options)
+    return MLP(math.prod(input_shape), num_classes, **options)
+
+
+def cnn1d(input_shape: tuple[int, ...], num_classes: int, **options: Any) -> nn.Module:
+    """The built-in 1-D CNN for samples of shape (length,) or (channels, length)."""
+    _check_builtin_options("cnn1d", options)
+    if len(input_shape) not in (1, 2):
+        raise InvalidArgument(
+            f"model 'cnn1d' takes samples of shape (length,) or (channels, length), not {input_shape}; "
+            "use 'mlp' or a model factory of your own"
+        )
+    in_channels, length = (1, *input_shape) if len(input_shape) == 1 else input_shape
+    return CNN1D(length, num_classes, in_channels=in_channels, **options)
+
+
+# The registry: built-in names are entries beside which a study may name its own "package.module:function".
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn1d": cnn1d}
+MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+
+
+def model_factory(model: str, search_dirs: Sequence[Path] = ()) -> Callable[..., nn.Module]:
+    """The factory a built-in name or an import path ('package.module:function') stands for."""
+    if is_reference(model):
+        return resolve_reference(model, "model.factory", search_dirs)
+    check_choice("model", model, MODEL_NAMES)
+    return MODELS[model]
+
+
+def build_model(
+    model: str,
+    input_shape: int | Sequence[int],
+    num_classes: int,
+    *,
+    search_dirs: Sequence[Path] = (),
+    **options: Any,
+) -> nn.Module:
+    """Build ``model`` (a built-in name or 'package.module:function') for samples of ``input_shape``.
+
+    A factory is called as ``factory(input_shape, num_classes, **options)`` and must return an nn.Module;
+    an int ``input_shape`` means flat samples of that many features.
+    """
+    shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(int(size) for size in input_shape)
+    factory = model_factory(model, search_dirs)
+    built_in = not is_reference(model)
+    if not built_in:
+        check_options(factory, "model.factory", model, (shape, num_classes), options)
+    try:
+        built = factory(shape, num_classes, **options)
+    except InvalidArgument:
+        raise
+    except Exception as error:
+        if built_in:
+            raise InvalidArgument(f"invalid options for model {model!r}: {error}") from None
+        raise InvalidArgument(
+            f"model.factory {model!r} (called with input_shape {shape}, num_classes {num_classes}, options {options}) "
+            f"raised {describe(error)}"
+        ) from None
+    if not isinstance(built, nn.Module):
+        raise InvalidArgument(f"model.factory {model!r} returned a {type(built).__name__}; expected a torch.nn.Module")
+    return built

@@ -1,4 +1,4 @@
-"""Optimizer factory: the one home of the optimizer vocabulary."""
+"""Optimizer and learning-rate schedule factories: the one home of their vocabulary."""
 
 from __future__ import annotations
 
@@ -49,3 +49,17 @@ def build_optimizer(name: str, params: Iterable[Any], lr: float, **options: Any)
         except (RuntimeError, ValueError):
             pass  # a device or dtype without fused kernels: the default implementation
     return optimizer_class(params, lr=lr, **options)
+
+
+# How the learning rate moves over the epochs: held, or cosine-annealed from lr to 0 at the last epoch.
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+
+
+def build_lr_schedule(
+    name: str, optimizer: torch.optim.Optimizer, num_epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-epoch schedule ``name`` for ``optimizer`` (None for 'constant'); step it after each epoch."""
+    check_choice("lr_schedule", name, LR_SCHEDULES)
+    if name == "constant":
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=num_epochs)

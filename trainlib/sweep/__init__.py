@@ -18,7 +18,6 @@ from trainlib.device import resolve_device
 from trainlib.errors import InvalidArgument
 from trainlib.sweep.config import SweepConfig, load_config
 from trainlib.sweep.interrupts import EndingRuns, SweepInterrupted, install_interrupt_handler, raise_if_interrupted
-from trainlib.sweep.objective import load_splits
 from trainlib.sweep.plan import SweepPlan, plan_sweep
 from trainlib.sweep.report import SweepSummary, summarize
 from trainlib.sweep.stale_trials import StaleTrialReaper, wait_for_other_trials
@@ -32,6 +31,7 @@ from trainlib.sweep.workers import (
     run_workers,
 )
 from trainlib.tracking import Tracker, environment_tags
+from trainlib.workload import check_workload, provenance
 
 __all__ = [
     "SweepConfig",
@@ -55,10 +55,11 @@ def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
     started = time.perf_counter()
     config = plan.config
     prepare_process()
-    try:  # mistakes that depend on the data, found before any store is opened
-        load_splits(config.data, config.training.seed)
+    workload = plan.workload
+    try:  # mistakes in the data or the model (the user's own too), found before any store is opened
+        splits = check_workload(workload, config.training.seed)
     except InvalidArgument as error:
-        raise InvalidArgument(f"{plan.config_file}: data: {error}") from None
+        raise InvalidArgument(f"{plan.config_file}: {error}") from None
     if plan.n_trials == 0:
         check_study_exists(plan)  # only finishes a study: never creates one
     tracker = make_tracker(plan)
@@ -71,6 +72,7 @@ def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
             tags = environment_tags(
                 resolve_device(config.training.device), plan.storage_url, config.study.sampler, config.study.pruner
             )
+            tags.update(provenance(workload, splits))
             slot = StudyParentSlot(study, opened.storage)
             tracker.start_sweep(slot, opened.created, fixed_params(config), tags, plan.config_file)
             parent_run_id = tracker.wait_for_parent_run_id()  # stores that disagree stop here, before any trial
@@ -119,7 +121,7 @@ def _finish_study(study: optuna.Study, plan: SweepPlan, tracker: Tracker, reaper
 
 def fixed_params(config: SweepConfig) -> dict[str, Any]:
     """The settings every trial shares, flattened for MLflow params (the search space as text)."""
-    dumped = config.model_dump()
+    dumped = config.model_dump(exclude_none=True)
     flat: dict[str, Any] = {}
     for section in ("study", "data", "model", "training"):
         for key, value in dumped[section].items():

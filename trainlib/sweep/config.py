@@ -9,10 +9,13 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainlib.data import DATASET_NAMES
+from trainlib.data_files import DATA_FILE_SUFFIXES, TABLE_SUFFIXES
 from trainlib.device import resolve_device
 from trainlib.errors import InvalidArgument
 from trainlib.models import MODEL_NAMES, build_model
+from trainlib.optim import LR_SCHEDULES
 from trainlib.sweep.search import PRUNER_NAMES, SAMPLER_NAMES, SearchSpace, StrictModel
+from trainlib.workload import DATA_KINDS, LOADER_KEYS, DataKind, Workload
 
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
@@ -35,27 +38,78 @@ class StudySettings(StrictModel):
         return self
 
 
+REFERENCE_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"  # package.module:function
+
+
 class DataSettings(StrictModel):
-    dataset: Literal[DATASET_NAMES]  # type: ignore[valid-type]
-    val_fraction: float = Field(0.2, gt=0, lt=1)
+    """Exactly one of dataset (built-in), factory or path; a factory also takes keys of its own."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True, allow_inf_nan=False)
+    dataset: Literal[DATASET_NAMES] | None = None  # type: ignore[valid-type]
+    factory: str | None = Field(None, pattern=REFERENCE_PATTERN)
+    path: str | None = Field(None, min_length=1)
+    val_fraction: float | None = Field(None, gt=0, lt=1)
     num_samples: int | None = Field(None, gt=0)
+    label_column: str | None = Field(None, min_length=1)
     num_workers: int = Field(0, ge=0)
     eval_batch_size: int = Field(1000, gt=0)
 
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSettings:
+        sources = [key for key in DATA_KINDS if getattr(self, key) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                f"give exactly one of dataset ({', '.join(DATASET_NAMES)}), factory ('package.module:function') "
+                f"or path (a {', '.join(DATA_FILE_SUFFIXES)} file); got {', '.join(sources) or 'none'}"
+            )
+        if self.factory is None and self.model_extra:
+            raise ValueError(f"unknown key {next(iter(self.model_extra))!r}: only a data factory takes keys of its own")
+        if self.num_samples is not None and self.dataset not in (None, "mnist1d"):
+            raise ValueError("num_samples applies to dataset 'mnist1d' (or a factory that takes it)")
+        if self.path is not None and not self.path.lower().endswith(DATA_FILE_SUFFIXES):
+            raise ValueError(f"path {self.path!r}: unknown file type; use one of {', '.join(DATA_FILE_SUFFIXES)}")
+        tables = self.path is not None and self.path.lower().endswith(TABLE_SUFFIXES)
+        if (self.label_column is not None) != tables and self.factory is None:
+            raise ValueError("label_column names the label column of a .csv or .parquet path, and such a path needs it")
+        return self
+
+    @property
+    def source(self) -> tuple[DataKind, str]:
+        """Which kind of data (dataset, factory, path) and its name, reference or file."""
+        kind = next(key for key in DATA_KINDS if getattr(self, key) is not None)
+        return kind, getattr(self, kind)
+
+    def options(self) -> dict[str, Any]:
+        """What the data source is called with besides the seed (unset keys and the loader's keys left out)."""
+        values = self.model_dump(exclude_none=True, exclude={*DATA_KINDS, *LOADER_KEYS})
+        return values
+
 
 class ModelSettings(StrictModel):
+    """Exactly one of name (built-in) or factory; the other keys are the model's options."""
+
     model_config = ConfigDict(extra="allow", frozen=True, strict=True, allow_inf_nan=False)
-    name: Literal[MODEL_NAMES]  # type: ignore[valid-type]
+    name: Literal[MODEL_NAMES] | None = None  # type: ignore[valid-type]
+    factory: str | None = Field(None, pattern=REFERENCE_PATTERN)
 
     @model_validator(mode="after")
     def _known_options(self) -> ModelSettings:
+        if (self.name is None) == (self.factory is None):
+            raise ValueError(
+                f"give exactly one of name ({', '.join(MODEL_NAMES)}) or factory ('package.module:function')"
+            )
+        if self.name is None:
+            return self  # a factory's options are checked against its signature once its data is loaded
         try:  # building a throwaway copy checks every option with the factory's own rules
             build_model(self.name, 64, 10, **self.options())
         except InvalidArgument as error:
             raise ValueError(str(error)) from None
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"invalid options for model {self.name!r}: {error}") from None
         return self
+
+    @property
+    def reference(self) -> str:
+        """The built-in name or the factory's import path."""
+        return self.factory or str(self.name)
 
     def options(self) -> dict[str, Any]:
         """The model's own settings (hidden sizes, channels, dropout, ...)."""
@@ -66,6 +120,7 @@ class TrainingSettings(StrictModel):
     epochs: int = Field(gt=0)
     # A trial whose training loss exceeds this (or is NaN/inf) fails at once; ln(10) ~ 2.3 is chance level.
     divergence_threshold: float = Field(100.0, gt=0)
+    lr_schedule: Literal[LR_SCHEDULES] = "constant"  # type: ignore[valid-type]
     device: str = "auto"
     seed: int = 0
 
@@ -85,6 +140,11 @@ class SweepConfig(StrictModel):
     model: ModelSettings
     training: TrainingSettings
     search: SearchSpace
+
+    def workload(self, base_dir: Path | None) -> Workload:
+        """The model and data this study trains; ``base_dir`` is the study file's folder."""
+        kind, source = self.data.source
+        return Workload(self.model.reference, source, kind, self.model.options(), self.data.options(), base_dir)
 
     def with_overrides(self, overrides: dict[str, tuple[str, Any]]) -> SweepConfig:
         """A copy with command-line overrides applied, e.g. {'training.epochs': ('--epochs', 3)}; None keeps.

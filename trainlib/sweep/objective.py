@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import optuna
 import torch
 
 from trainlib._compat import frozen_trial
-from trainlib.data import DatasetSplits, load_dataset, make_loader
+from trainlib.data import DatasetSplits, make_loader
 from trainlib.engine import Callback, EpochResult, TrainingDiverged, train_model
-from trainlib.models import build_model
+from trainlib.factories import describe
 from trainlib.seeding import seed_everything
 from trainlib.store_failures import StoreDamaged, StoreUnavailable
-from trainlib.sweep.config import DataSettings, SweepConfig
+from trainlib.sweep.config import SweepConfig
 from trainlib.sweep.interrupts import raise_if_interrupted, received_signal
 from trainlib.sweep.search import suggest
 from trainlib.sweep.stale_trials import WORKER_ATTR, retried_trial_number, worker_identity
 from trainlib.sweep.study import RUN_ID_ATTR
 from trainlib.tracking import Tracker, TrialLog, TrialOutcome
+from trainlib.workload import Workload, build_workload_model
+
+
+class TrialFailed(Exception):
+    """Training raised (in the user's model, say): the trial fails with the reason and the study goes on."""
 
 
 def run_trial(
-    trial: optuna.Trial, config: SweepConfig, splits: DatasetSplits, device: torch.device, tracker: Tracker
+    trial: optuna.Trial,
+    config: SweepConfig,
+    workload: Workload,
+    splits: DatasetSplits,
+    device: torch.device,
+    tracker: Tracker,
 ) -> float:
     """One trial: suggest hyperparameters, build the model, train it with tracking and pruning callbacks."""
     raise_if_interrupted()
@@ -31,7 +40,7 @@ def run_trial(
     params = suggest(trial, config.search)
     trial_seed = config.training.seed + trial.number  # weights and batch order differ per trial, fixed per study
     seed_everything(trial_seed)
-    model = build_model(config.model.name, splits.num_features, splits.num_classes, **config.model.options())
+    model = build_workload_model(workload, splits)
     train_loader = make_loader(
         splits.train, params.batch_size, True, config.data.num_workers, device=device, seed=trial_seed
     )
@@ -42,18 +51,24 @@ def run_trial(
     retry_of = retried_trial_number(frozen_trial(trial))
     trial_log = tracker.start_trial(trial.study.study_name, trial.number, params.as_dict(), retry_of)
     try:
-        train_model(
-            model,
-            train_loader,
-            val_loader,
-            config.training.epochs,
-            params.lr,
-            device,
-            optimizer=params.optimizer,
-            optimizer_options=params.optimizer_options,
-            callbacks=[raise_if_interrupted, trial_log.log_epoch, best.update, pruning_callback(trial, metric)],
-            divergence_threshold=config.training.divergence_threshold,
-        )
+        try:
+            train_model(
+                model,
+                train_loader,
+                val_loader,
+                config.training.epochs,
+                params.lr,
+                device,
+                optimizer=params.optimizer,
+                optimizer_options=params.optimizer_options,
+                callbacks=[raise_if_interrupted, trial_log.log_epoch, best.update, pruning_callback(trial, metric)],
+                divergence_threshold=config.training.divergence_threshold,
+                lr_schedule=config.training.lr_schedule,
+            )
+        except Exception as error:
+            if isinstance(error, EXPECTED_IN_TRAINING):
+                raise
+            raise TrialFailed(f"training raised {describe(error)}") from error
         tracker.log_trial_result(trial_log, metric, best.value, best.weights)
     except BaseException as error:
         outcome = outcome_of(error)
@@ -62,6 +77,10 @@ def run_trial(
         raise
     _record_end(trial, tracker, trial_log, TrialOutcome("FINISHED", "COMPLETE"))
     return best.value
+
+
+# What a training run raises on purpose (pruned, diverged, a lost store); anything else fails just the trial.
+EXPECTED_IN_TRAINING = (optuna.TrialPruned, TrainingDiverged, StoreUnavailable, StoreDamaged)
 
 
 def outcome_of(error: BaseException) -> TrialOutcome | None:
@@ -76,6 +95,8 @@ def outcome_of(error: BaseException) -> TrialOutcome | None:
         return None if error.store == "tracking" else TrialOutcome("FAILED", "FAIL", str(error))
     if isinstance(error, StoreDamaged):  # perhaps the tracking store: the way out ends the run if it can
         return None
+    if isinstance(error, TrialFailed):
+        return TrialOutcome("FAILED", "FAIL", str(error))
     return TrialOutcome("FAILED", "FAIL", repr(error))
 
 
@@ -109,13 +130,3 @@ class BestEpoch:
         if (value > self.value) if self.maximize else (value < self.value):
             self.value = value
             self.weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-
-
-def load_splits(data: DataSettings, seed: int) -> DatasetSplits:
-    """The study's dataset splits (loaded once per process)."""
-    return _cached_splits(data.dataset, seed, data.val_fraction, data.num_samples)
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_splits(dataset: str, seed: int, val_fraction: float, num_samples: int | None) -> DatasetSplits:
-    return load_dataset(dataset, seed=seed, val_fraction=val_fraction, num_samples=num_samples)

@@ -23,6 +23,7 @@ from trainlib.stores import (
     sqlite_path,
 )
 from trainlib.sweep.config import SweepConfig
+from trainlib.workload import Workload
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class SweepPlan:
     heartbeat_interval: int = HEARTBEAT_INTERVAL_SECONDS  # PostgreSQL/MySQL storages only
     grace_period: int = GRACE_PERIOD_SECONDS
     max_outage_seconds: float = MAX_OUTAGE_SECONDS  # how long a worker waits out a lost store before exiting
+
+    @property
+    def workload(self) -> Workload:
+        """The model and data the study trains; relative paths and modules resolve from the study file's folder."""
+        return self.config.workload(self.config_file.parent.resolve())
 
     @property
     def uses_heartbeats(self) -> bool:

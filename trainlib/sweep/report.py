@@ -16,12 +16,11 @@ import torch
 
 from trainlib.data import make_loader
 from trainlib.engine import evaluate_model
-from trainlib.models import build_model
-from trainlib.sweep.objective import load_splits
 from trainlib.sweep.plan import SweepPlan
 from trainlib.sweep.study import RUN_ID_ATTR
 from trainlib.sweep.workers import FINISHED_STATES
 from trainlib.tracking import Tracker
+from trainlib.workload import build_workload_model, load_splits
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +122,12 @@ def score_best_model(best_trial: optuna.trial.FrozenTrial, plan: SweepPlan, trac
         log.warning("best trial %d logged no weights; no test accuracy", best_trial.number)
         return None
     config = plan.config
-    splits = load_splits(config.data, config.training.seed)
-    model = build_model(config.model.name, splits.num_features, splits.num_classes, **config.model.options())
+    workload = plan.workload
+    splits = load_splits(workload, config.training.seed)
+    model = build_workload_model(workload, splits)
     model.load_state_dict(weights)
     test_loader = make_loader(splits.test, config.data.eval_batch_size, False)
     _, test_accuracy = evaluate_model(model, test_loader, torch.nn.CrossEntropyLoss(), "cpu")
-    example = splits.test.tensors[0][:5].clone()
+    example = next(iter(make_loader(splits.test, 5, False)))[0].clone()
     tracker.log_best_model(model, example, test_accuracy, best_trial.number)
     return test_accuracy

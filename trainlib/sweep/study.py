@@ -14,14 +14,15 @@ from typing import Any
 
 import optuna
 
+from trainlib.data_files import file_sha256
 from trainlib.errors import InvalidArgument
 from trainlib.stores import redact
-from trainlib.sweep.config import SweepConfig
 from trainlib.sweep.plan import SweepPlan
 from trainlib.sweep.search import PRUNERS, SAMPLERS, search_distributions
 from trainlib.sweep.stale_trials import fail_dead_local_trials
 from trainlib.sweep.storage import open_storage
 from trainlib.tracking import MlflowTracker
+from trainlib.workload import DEFAULT_VAL_FRACTION
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,12 @@ def open_study(plan: SweepPlan, worker_index: int = 0) -> OpenedStudy:
                 f"study {settings.name!r} exists with direction {study.direction.name.lower()}, "
                 f"the config says {settings.direction}"
             ) from None
-        check_study_matches(study, plan.config)
+        check_study_matches(study, plan)
         if not plan.uses_heartbeats:  # a journal or sqlite study: trials of killed local commands are failed now
             handler = StaleTrialHandler(plan, reason="its command is gone (killed, or crashed mid-write)")
             fail_dead_local_trials(study, storage, handler)
     if study.user_attrs.get(DEFINITION_ATTR) is None:
-        study.set_user_attr(DEFINITION_ATTR, study_definition(plan.config))
+        study.set_user_attr(DEFINITION_ATTR, study_definition(plan))
     # A resumed study or a second worker must not replay the first command's random draws. Commands that join
     # at the same moment (other machines) see the same trial count, so a joiner's seed also gets a random part;
     # only the command that creates a study draws reproducibly.
@@ -83,20 +84,27 @@ def open_study(plan: SweepPlan, worker_index: int = 0) -> OpenedStudy:
     return OpenedStudy(study, storage, created)
 
 
-def study_definition(config: SweepConfig) -> dict[str, Any]:
-    """What a study's trials must share to be compared: the dataset and its split, and the model."""
-    data = config.data
-    return {
-        "data": {"dataset": data.dataset, "val_fraction": data.val_fraction, "num_samples": data.num_samples},
-        "model": config.model.model_dump(),
-    }
+def study_definition(plan: SweepPlan) -> dict[str, Any]:
+    """What a study's trials must share to be compared: the data (a file by its content) and its split, the model."""
+    data = plan.config.data
+    kind, source = data.source
+    if kind == "dataset":
+        recorded_data = {"dataset": source, "val_fraction": data.val_fraction or DEFAULT_VAL_FRACTION}
+        recorded_data["num_samples"] = data.num_samples
+    elif kind == "path":
+        path = plan.workload.data_file()
+        recorded_data = {"path": path.name, "sha256": file_sha256(path), **data.options()}
+    else:
+        recorded_data = {"factory": source, **data.options()}
+    return {"data": recorded_data, "model": plan.config.model.model_dump(exclude_none=True)}
 
 
-def check_study_matches(study: optuna.Study, config: SweepConfig) -> None:
-    """Raise InvalidArgument if ``config`` cannot resume ``study``: another dataset or model, or search choices
+def check_study_matches(study: optuna.Study, plan: SweepPlan) -> None:
+    """Raise InvalidArgument if ``plan`` cannot resume ``study``: other data or another model, or search choices
     that Optuna cannot mix with the earlier trials' (e.g. a changed list of batch sizes)."""
+    config = plan.config
     recorded = study.user_attrs.get(DEFINITION_ATTR)
-    current = study_definition(config)
+    current = study_definition(plan)
     for section in ("data", "model"):
         if recorded is not None and recorded.get(section) != current[section]:
             raise InvalidArgument(

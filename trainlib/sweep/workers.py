@@ -21,11 +21,12 @@ from trainlib.device import resolve_device
 from trainlib.engine import TrainingDiverged
 from trainlib.store_failures import StoreDamaged, StoreUnavailable
 from trainlib.sweep.interrupts import EndingRuns, SweepInterrupted, install_interrupt_handler
-from trainlib.sweep.objective import load_splits, run_trial
+from trainlib.sweep.objective import TrialFailed, run_trial
 from trainlib.sweep.plan import SweepPlan
 from trainlib.sweep.stale_trials import retried_trial_number
 from trainlib.sweep.study import open_study
 from trainlib.tracking import MlflowTracker, NullTracker, Tracker
+from trainlib.workload import load_splits
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,15 @@ def _optimize(
 ) -> None:
     config = plan.config
     device = resolve_device(config.training.device)
-    splits = load_splits(config.data, config.training.seed)
-    objective = functools.partial(run_trial, config=config, splits=splits, device=device, tracker=tracker)
+    workload = plan.workload
+    splits = load_splits(workload, config.training.seed)
+    objective = functools.partial(
+        run_trial, config=config, workload=workload, splits=splits, device=device, tracker=tracker
+    )
     best_so_far = functools.partial(_log_best_so_far, tracker=tracker, metric=config.study.metric)
-    study.optimize(objective, n_trials=n_trials, catch=(TrainingDiverged,), callbacks=[best_so_far, *callbacks])
+    study.optimize(
+        objective, n_trials=n_trials, catch=(TrainingDiverged, TrialFailed), callbacks=[best_so_far, *callbacks]
+    )
 
 
 def _log_best_so_far(study: optuna.Study, trial: optuna.trial.FrozenTrial, tracker: Tracker, metric: str) -> None:

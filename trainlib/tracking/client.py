@@ -7,7 +7,6 @@ import functools
 import os
 import platform
 import socket
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from importlib.metadata import version
@@ -31,6 +30,7 @@ from trainlib.store_failures import (
     store_damage,
 )
 from trainlib.stores import is_database_server, local_artifact_location, redact, sqlite_path
+from trainlib.workload import git_commit
 
 RUN_KEY_TAG = "trainlib.run_key"
 _TRANSIENT_HTTP_STATUS = (429, 502, 503, 504)
@@ -196,16 +196,7 @@ def environment_tags(device: torch.device, storage_url: str, sampler: str, prune
         "mlflow_version": mlflow.__version__,
         "optuna_version": version("optuna"),
         "python_version": platform.python_version(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit() or "unknown",
         "host": socket.gethostname(),
         "optuna_storage": redact(storage_url),
     }
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True, cwd=os.getcwd()
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
