@@ -44,15 +44,22 @@ optimizer = ["adam"]
 """
 
 
-def write_project(folder: Path, factory: str = "tiny_models:tiny_cnn", model_options: str = "width = 4") -> Path:
+def write_project(
+    folder: Path, factory: str = "tiny_models:tiny_cnn", model_options: str = "width = 4", data: str = "images.npz"
+) -> Path:
     """The user project copied to ``folder``, with digits images in an .npz and a study file naming both."""
     shutil.copytree(USER_PROJECT, folder)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    np.savez(folder / "images.npz", x=(digits.images / 16).astype(np.float32)[:, None], y=digits.target)
+    images = (digits.images / 16).astype(np.float32)[:, None]
+    np.savez(folder / "images.npz", x=images, y=digits.target)
+    np.savez(folder / "short_labels.npz", x=images, y=digits.target[:-1])
+    np.savez(folder / "float_labels.npz", x=images, y=digits.target / 2)
+    np.savez(folder / "other_names.npz", images=images, labels=digits.target)
+    (folder / "truncated.npz").write_bytes((folder / "images.npz").read_bytes()[:5000])
     study = folder / "study.toml"
-    study.write_text(STUDY.format(name="own", data="images.npz", factory=factory, model_options=model_options))
+    study.write_text(STUDY.format(name="own", data=data, factory=factory, model_options=model_options))
     return study
 
 
@@ -115,26 +122,33 @@ def test_a_resume_with_another_data_file_is_exit_2_and_adds_nothing(stores: dict
     assert len(load_study(stores, "own").trials) == 1
 
 
+CNN = "tiny_models:tiny_cnn"
 BAD = {
-    "module": ("no_such_module:net", "", ["model.factory 'no_such_module:net'", "cannot import"]),
-    "function": ("tiny_models:resnet", "", ["has no 'resnet'"]),
-    "option": ("tiny_models:tiny_cnn", "depth = 3", ["does not take option 'depth'", "it takes: width"]),
-    "raises": ("tiny_models:raises", "", ["raised ValueError: width must be even"]),
-    "shape": ("tiny_models:flat_64", "", ["cannot take a batch of shape (2, 1, 8, 8)", "(1, 8, 8)"]),
-    "not a module": ("tiny_models:not_a_module", "", ["returned a dict"]),
+    "module": ("no_such_module:net", "", "images.npz", ["model.factory 'no_such_module:net'", "cannot import"]),
+    "function": ("tiny_models:resnet", "", "images.npz", ["has no 'resnet'"]),
+    "option": (CNN, "depth = 3", "images.npz", ["does not take option 'depth'", "it takes: width"]),
+    "raises": ("tiny_models:raises", "", "images.npz", ["raised ValueError: width must be even"]),
+    "shape": ("tiny_models:flat_64", "", "images.npz", ["cannot take a batch of shape (2, 1, 8, 8)", "(1, 8, 8)"]),
+    "not a module": ("tiny_models:not_a_module", "", "images.npz", ["returned a dict"]),
+    "no data file": (CNN, "", "missing.npz", ["data.path 'missing.npz': no such file"]),
+    "truncated file": (CNN, "", "truncated.npz", ["truncated.npz", "not a readable .npz file"]),
+    "array names": (CNN, "", "other_names.npz", ["has arrays images, labels; expected x and y"]),
+    "lengths": (CNN, "", "short_labels.npz", ["x has 1797 samples but y has 1796 labels"]),
+    "float labels": (CNN, "", "float_labels.npz", ["y holds float64 values", "integer class labels"]),
 }
 
 
-@pytest.mark.parametrize(("factory", "options", "words"), BAD.values(), ids=BAD.keys())
-def test_a_bad_model_reference_is_one_line_exit_2_and_no_store(
+@pytest.mark.parametrize(("factory", "options", "data", "words"), BAD.values(), ids=BAD.keys())
+def test_a_bad_model_or_data_reference_is_one_line_exit_2_and_no_store(
     factory: str,
     options: str,
+    data: str,
     words: list[str],
     tmp_path: Path,
     stores: dict[str, str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    study_file = write_project(tmp_path / "elsewhere", factory=factory, model_options=options)
+    study_file = write_project(tmp_path / "elsewhere", factory=factory, model_options=options, data=data)
     with pytest.raises(SystemExit) as stopped:
         main(["sweep", str(study_file)])
     lines = capsys.readouterr().err.strip().splitlines()
