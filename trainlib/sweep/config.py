@@ -15,7 +15,7 @@ from trainlib.errors import InvalidArgument
 from trainlib.models import MODEL_NAMES, build_model
 from trainlib.optim import LR_SCHEDULES
 from trainlib.sweep.search import PRUNER_NAMES, SAMPLER_NAMES, SearchSpace, StrictModel
-from trainlib.workload import DATA_KINDS, LOADER_KEYS, DataKind, Workload
+from trainlib.workload import DATA_KINDS, Workload, workload_from_sections
 
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
@@ -73,17 +73,6 @@ class DataSettings(StrictModel):
             raise ValueError("label_column names the label column of a .csv or .parquet path, and such a path needs it")
         return self
 
-    @property
-    def source(self) -> tuple[DataKind, str]:
-        """Which kind of data (dataset, factory, path) and its name, reference or file."""
-        kind = next(key for key in DATA_KINDS if getattr(self, key) is not None)
-        return kind, getattr(self, kind)
-
-    def options(self) -> dict[str, Any]:
-        """What the data source is called with besides the seed (unset keys and the loader's keys left out)."""
-        values = self.model_dump(exclude_none=True, exclude={*DATA_KINDS, *LOADER_KEYS})
-        return values
-
 
 class ModelSettings(StrictModel):
     """Exactly one of name (built-in) or factory; the other keys are the model's options."""
@@ -105,11 +94,6 @@ class ModelSettings(StrictModel):
         except InvalidArgument as error:
             raise ValueError(str(error)) from None
         return self
-
-    @property
-    def reference(self) -> str:
-        """The built-in name or the factory's import path."""
-        return self.factory or str(self.name)
 
     def options(self) -> dict[str, Any]:
         """The model's own settings (hidden sizes, channels, dropout, ...)."""
@@ -143,8 +127,9 @@ class SweepConfig(StrictModel):
 
     def workload(self, base_dir: Path | None) -> Workload:
         """The model and data this study trains; ``base_dir`` is the study file's folder."""
-        kind, source = self.data.source
-        return Workload(self.model.reference, source, kind, self.model.options(), self.data.options(), base_dir)
+        return workload_from_sections(
+            self.model.model_dump(exclude_none=True), self.data.model_dump(exclude_none=True), base_dir
+        )
 
     def with_overrides(self, overrides: dict[str, tuple[str, Any]]) -> SweepConfig:
         """A copy with command-line overrides applied, e.g. {'training.epochs': ('--epochs', 3)}; None keeps.

@@ -86,16 +86,16 @@ def open_study(plan: SweepPlan, worker_index: int = 0) -> OpenedStudy:
 
 def study_definition(plan: SweepPlan) -> dict[str, Any]:
     """What a study's trials must share to be compared: the data (a file by its content) and its split, the model."""
-    data = plan.config.data
-    kind, source = data.source
-    if kind == "dataset":
-        recorded_data = {"dataset": source, "val_fraction": data.val_fraction or DEFAULT_VAL_FRACTION}
-        recorded_data["num_samples"] = data.num_samples
-    elif kind == "path":
-        path = plan.workload.data_file()
-        recorded_data = {"path": path.name, "sha256": file_sha256(path), **data.options()}
+    workload = plan.workload
+    options = dict(workload.data_options)
+    if workload.data_kind == "dataset":  # as studies recorded it before files and factories existed
+        recorded_data = {"dataset": workload.data, "val_fraction": options.get("val_fraction", DEFAULT_VAL_FRACTION)}
+        recorded_data["num_samples"] = options.get("num_samples")
+    elif workload.data_kind == "path":
+        path = workload.data_file()
+        recorded_data = {"path": path.name, "sha256": file_sha256(path), **options}
     else:
-        recorded_data = {"factory": source, **data.options()}
+        recorded_data = {"factory": workload.data, **options}
     return {"data": recorded_data, "model": plan.config.model.model_dump(exclude_none=True)}
 
 
