@@ -29,6 +29,13 @@ def smoke_with(tmp_path: Path, old: str, new: str) -> str:
     return str(path)
 
 
+ONE = 'direction = "maximize"\nmetric = "val_accuracy"'  # smoke.toml's one objective
+
+
+def objectives(*metrics: str) -> str:
+    return "objectives = [" + ", ".join(f'{{ metric = "{metric}" }}' for metric in metrics) + "]"
+
+
 # (what is wrong, how to make the config file, extra flags, words the message must contain)
 BAD_CONFIGS = [
     ("unknown sampler", ('sampler = "random"', 'sampler = "grid"'), [], ["study.sampler", "'grid'", "tpe", "cmaes"]),
@@ -48,6 +55,44 @@ BAD_CONFIGS = [
     ("negative workers in config", ("num_workers = 0", "num_workers = -1"), [], ["data.num_workers", "-1"]),
     ("direction against metric", ('direction = "maximize"', 'direction = "minimize"'), [], ["val_accuracy"]),
     ("not TOML", ("[study]", "[study"), [], ["not valid TOML"]),
+    # Objectives, targets, budgets (several objectives replace the metric and direction lines).
+    ("unknown metric", ('metric = "val_accuracy"', 'metric = "f1"'), [], ["study.metric", "'f1'", "time_to_target"]),
+    ("unknown direction", ('direction = "maximize"', 'direction = "upward"'), [], ["study.direction", "minimize"]),
+    ("unknown objective", (ONE, objectives("val_accuracy", "speed")), [], ["objectives.1.metric", "train_seconds"]),
+    (
+        "objective direction",
+        (ONE, 'objectives = [{ metric = "val_accuracy", direction = "up" }]'),
+        [],
+        ["objectives.0.direction", "'up'", "maximize"],
+    ),
+    (
+        "objective against its metric",
+        (ONE, 'objectives = [{ metric = "train_seconds", direction = "maximize" }]'),
+        [],
+        ["train_seconds", "minimize"],
+    ),
+    ("time to target without a target", (ONE, objectives("val_accuracy", "time_to_target")), [], ["target_accuracy"]),
+    ("target above 1", ("seed = 0\n\n[data]", "seed = 0\ntarget_accuracy = 1.5\n\n[data]"), [], ["target_accuracy"]),
+    ("target of 0", ("seed = 0\n\n[data]", "seed = 0\ntarget_accuracy = 0\n\n[data]"), [], ["target_accuracy"]),
+    ("negative budget", ("seed = 0\n\n[data]", "seed = 0\ntime_budget_seconds = -5\n\n[data]"), [], ["budget"]),
+    ("objectives beside metric", ('direction = "maximize"', objectives("val_accuracy")), [], ["either metric"]),
+    ("no quality objective", (ONE, objectives("train_seconds")), [], ["val_accuracy or val_loss"]),
+    (
+        "cmaes with two objectives",
+        (
+            ONE + '\nn_trials = 4\nsampler = "random"',
+            objectives("val_accuracy", "train_seconds") + '\nn_trials = 4\nsampler = "cmaes"',
+        ),
+        [],
+        ["cmaes", "nsga2"],
+    ),
+    ("peak memory on a CPU", (ONE, objectives("val_accuracy", "peak_memory_mb")), [], ["peak_memory_mb", "CUDA"]),
+    (
+        "unknown lr schedule",
+        ("[32, 64]", '[32, 64]\nlr_schedule = ["cosine", "step"]'),
+        [],
+        ["lr_schedule", "one_cycle"],
+    ),
     # Strict types: a boolean is a boolean, an integer an integer, a number finite.
     ("batch_norm as text", ("hidden_sizes = [32]", 'hidden_sizes = [32]\nbatch_norm = "false"'), [], ["batch_norm"]),
     ("boolean batch size", ("[32, 64]", "[true]"), [], ["search.batch_size", "valid integer", "True"]),
@@ -73,6 +118,12 @@ BAD_FLAGS = [
     ("sqlite with workers", ["--storage", "sqlite:///x.db", "--workers", "2"], ["sqlite", "--workers"]),
     ("unknown device flag", ["--device", "gpu"], ["device", "'gpu'", "cuda:N"]),
     ("unknown flag", ["--trials", "3"], ["--trials"]),
+    ("negative time budget", ["--time-budget", "-1"], ["--time-budget", "-1"]),
+    ("zero time budget", ["--time-budget", "0"], ["--time-budget", "0"]),
+    ("infinite time budget", ["--time-budget", "inf"], ["--time-budget", "inf"]),
+    ("time budget not a number", ["--time-budget", "soon"], ["--time-budget", "soon"]),
+    ("one seed", ["--reevaluate", "2", "--seeds", "1"], ["--seeds", "2 seeds or more"]),
+    ("negative reevaluate", ["--reevaluate", "-1"], ["--reevaluate", "-1"]),
     ("study name too long", ["--study-name", "s" * 300], ["--study-name", "200 characters"]),
     ("journal path is a folder", ["--storage", f"journal:///{ROOT}"], ["Optuna journal", "is a folder"]),
     ("journal under a file", ["--storage", f"journal:///{SMOKE}/x.journal"], ["is a file, not a folder"]),

@@ -111,3 +111,12 @@ def test_the_quiet_filter_drops_only_what_it_is_told(caplog: pytest.LogCaptureFi
         logger.filters[:], logger.propagate = before
 
     assert [record.getMessage() for record in caplog.records] == ["keep me"]
+
+
+def test_optunas_hypervolume_measures_the_dominated_area_of_minimized_points() -> None:
+    import numpy as np
+
+    points = np.array([[1.0, 3.0], [2.0, 1.0]])  # minimized, reference (4, 4)
+
+    # The union of the boxes [1, 4] x [3, 4] (area 3) and [2, 4] x [1, 4] (area 6), which share [2, 4] x [3, 4] (2).
+    assert _compat.compute_hypervolume(points, np.array([4.0, 4.0])) == pytest.approx(3 + 6 - 2)

@@ -365,6 +365,32 @@ def test_a_cosine_schedule_steps_once_an_epoch_and_ends_at_zero():
     assert rates == pytest.approx([0.1 * (1 + math.cos(math.pi * epoch / 4)) / 2 for epoch in (1, 2, 3, 4)])
 
 
+def test_a_one_cycle_schedule_steps_every_batch_peaks_at_lr_and_ends_near_zero():
+    model = nn.Linear(8, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = make_loader(random_dataset(), batch_size=8, shuffle=False)
+    rates: list[float] = []
+
+    class RecordingLoader:
+        """The loader, recording the learning rate before each batch."""
+
+        def __len__(self) -> int:
+            return len(loader)
+
+        def __iter__(self):
+            for batch in loader:
+                rates.append(optimizer.param_groups[0]["lr"])
+                yield batch
+
+    train_model(model, RecordingLoader(), loader, 4, 0.1, "cpu", optimizer, lr_schedule="one_cycle")
+
+    assert len(rates) == 4 * len(loader)  # one rate per batch: stepped every batch, not every epoch
+    peak = max(range(len(rates)), key=rates.__getitem__)
+    assert rates[peak] == pytest.approx(0.1, rel=0.05)
+    assert 0.2 * len(rates) <= peak <= 0.4 * len(rates)  # warm-up over the first 30% of steps
+    assert rates[0] < 0.1 / 10 and rates[-1] < 0.1 / 100
+
+
 def test_history_reads_like_a_dict_of_lists():
     history = History()
     for epoch, accuracy in ((1, 0.5), (2, 0.75), (3, 0.6)):

@@ -123,5 +123,11 @@ def test_the_cosine_schedule_anneals_the_learning_rate_to_zero_by_the_last_epoch
 
 def test_an_unknown_schedule_names_the_value_and_the_choices():
     optimizer = build_optimizer("sgd", nn.Linear(2, 2).parameters(), 0.1)
-    with pytest.raises(InvalidArgument, match="unknown lr_schedule 'step'; valid choices: constant, cosine"):
+    with pytest.raises(InvalidArgument, match="unknown lr_schedule 'step'; valid choices: constant, cosine, one_cycle"):
         build_lr_schedule("step", optimizer, num_epochs=4)
+
+
+def test_a_one_cycle_schedule_needs_the_number_of_batches():
+    optimizer = build_optimizer("sgd", nn.Linear(2, 2).parameters(), 0.1)
+    with pytest.raises(InvalidArgument, match="one_cycle.*length"):
+        build_lr_schedule("one_cycle", optimizer, num_epochs=4)

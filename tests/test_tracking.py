@@ -98,7 +98,7 @@ def test_a_trial_logs_while_the_store_is_busy_and_everything_arrives(tracker: Ml
     trial.interval_seconds = 0
     for number in range(1, 4):
         trial.log_epoch(epoch(number))  # returns although the tracking thread is blocked
-    tracker.log_trial_result(trial, "val_accuracy", 0.75, {"weight": torch.ones(2)})
+    tracker.log_trial_result(trial, {"best_val_accuracy": 0.75}, {"weight": torch.ones(2)})
     assert not gate.is_set() and not trial.created.done()  # nothing reached the store, training went on
     gate.set()
     run_id = tracker.end_trial(trial, TrialOutcome("FINISHED", "COMPLETE"))

@@ -47,6 +47,7 @@ UI_SETTINGS = {
 }
 VIEWPORT = {"width": 1280, "height": 860}
 STUDY = "smoke"
+PARETO_STUDY = "smoke-pareto"
 SEARCHED_PARAMS = ("lr", "batch_size", "optimizer")
 
 
@@ -165,6 +166,9 @@ class Store:
     throughput_experiment_id: str
     bench_parent_name: str
     cases: dict[str, object]  # run name -> mlflow Run
+    pareto_experiment_id: str  # a two-objective study (val_accuracy, train_seconds) beside the smoke study
+    pareto_parent_run_id: str
+    pareto_trials: dict[str, object]  # run name -> mlflow Run
 
 
 def bench_json(path: Path) -> Path:
@@ -244,6 +248,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "TRAINLIB_OPTUNA_STORAGE")
     }
     env["TRAINLIB_MLRUNS_DIR"] = str(root / "mlruns")
+    pareto = root / "pareto.toml"  # first: the smoke study stays the latest one, which trainlib ui points at
+    one_objective = 'direction = "maximize"\nmetric = "val_accuracy"'
+    two = 'objectives = [{ metric = "val_accuracy" }, { metric = "train_seconds" }]\ntarget_accuracy = 0.5'
+    pareto.write_text((REPO / "experiments" / "smoke.toml").read_text().replace(one_objective, two))
+    run_trainlib(["sweep", str(pareto), "--no-progress", "--study-name", PARETO_STUDY], env)
     run_trainlib(["sweep", "experiments/smoke.toml", "--no-progress"], env)
     run_trainlib(["bench-report", str(bench_json(root / "bench.json")), "--out-dir", str(root / "report")], env)
 
@@ -254,6 +263,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     throughput = client.get_experiment_by_name("throughput")
     bench_runs = client.search_runs([throughput.experiment_id])
     (bench_parent,) = [run for run in bench_runs if run.data.tags.get("trainlib.role") == "bench"]
+    pareto_study = client.get_experiment_by_name(PARETO_STUDY)
+    pareto_runs = client.search_runs([pareto_study.experiment_id])
+    (pareto_parent,) = [run for run in pareto_runs if run.data.tags.get("trainlib.role") == "study"]
     return Store(
         env=env,
         client=client,
@@ -263,6 +275,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         throughput_experiment_id=throughput.experiment_id,
         bench_parent_name=bench_parent.info.run_name,
         cases={run.info.run_name: run for run in bench_runs if run.data.tags.get("trainlib.role") == "bench-case"},
+        pareto_experiment_id=pareto_study.experiment_id,
+        pareto_parent_run_id=pareto_parent.info.run_id,
+        pareto_trials={run.info.run_name: run for run in pareto_runs if run.data.tags.get("trainlib.role") == "trial"},
     )
 
 
@@ -534,6 +549,31 @@ def test_the_parent_run_shows_the_best_model_and_its_test_accuracy(store: Store,
     best_trial_tag = page.get_by_text(f"best_trial_number: {parent.data.tags['best_trial_number']}")
     assert best_trial_tag.count() == 1
     shots(page, "05-best-model.png")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_two_objective_study_shows_its_front_tags_and_hypervolume(store: Store, ui: Ui, page, shots) -> None:
+    page.goto(f"{ui.base}/#/experiments/{store.pareto_experiment_id}/runs/{store.pareto_parent_run_id}")
+    page.get_by_role("heading", name=PARETO_STUDY, exact=True).wait_for()
+    hypervolume_row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="hypervolume", exact=True))
+    hypervolume_row.wait_for()
+    parent = store.client.get_run(store.pareto_parent_run_id)
+    assert float(hypervolume_row.get_by_role("cell").nth(1).inner_text()) == pytest.approx(
+        parent.data.metrics["hypervolume"], rel=1e-3
+    )
+    assert page.get_by_text(f"trainlib.selection_rule: {parent.data.tags['trainlib.selection_rule']}").count() == 1
+    shots(page, "07-pareto-parent.png")
+
+    page.goto(experiment_address(ui.base, store.pareto_experiment_id))
+    expand(page, PARETO_STUDY, "trial-0000")
+    show_columns(page, ["pareto_front", "train_seconds", "best_val_accuracy"])
+    for name, run in store.pareto_trials.items():
+        cells = row_cells(page, name)
+        assert cells["tags.`pareto_front`"] == run.data.tags["pareto_front"], (name, cells)
+        assert float(cells["metrics.`train_seconds`"]) == pytest.approx(run.data.metrics["train_seconds"], abs=1e-3)
+    assert {run.data.tags["pareto_front"] for run in store.pareto_trials.values()} >= {"true"}
+    shots(page, "08-pareto-trials.png")
 
 
 @pytest.mark.slow

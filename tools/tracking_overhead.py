@@ -39,7 +39,7 @@ TRACKER_ENTRY_POINTS = (
     "start_sweep",
     "end_sweep",
     "flush",
-    "log_best_so_far",
+    "log_study_metrics",
     "start_trial",
     "log_trial_result",
     "end_trial",

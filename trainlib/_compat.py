@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import numpy as np
 import optuna
 
 # optuna.storages._CachedStorage (Optuna 2.x to 5.0, in optuna.storages.__all__ but private by name): what
@@ -29,6 +30,7 @@ __all__ = [
     "FrozenStudy",
     "HeartbeatStorage",
     "cached_rdb_storage",
+    "compute_hypervolume",
     "frozen_trial",
     "quiet_logger_of_optimize_loop",
     "rdb_stale_trial_ids",
@@ -87,3 +89,13 @@ def quiet_logger_of_optimize_loop(drop: Callable[[logging.LogRecord], bool]) -> 
     logger = logging.getLogger(OPTUNA_OPTIMIZE_LOGGER)
     if not any(isinstance(existing, _DropRecords) for existing in logger.filters):
         logger.addFilter(_DropRecords(drop))
+
+
+def compute_hypervolume(loss_points: np.ndarray, reference_point: np.ndarray) -> float:
+    """The hypervolume that ``loss_points`` (every objective minimized) dominate up to ``reference_point``.
+
+    Optuna's exact WFG implementation, optuna._hypervolume.compute_hypervolume (Optuna 3.0 to 5.0; private).
+    """
+    from optuna._hypervolume import compute_hypervolume as optuna_hypervolume
+
+    return float(optuna_hypervolume(loss_points, reference_point))

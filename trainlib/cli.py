@@ -9,7 +9,7 @@ import logging
 import os
 import shlex
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -56,6 +56,21 @@ def cli(verbose: bool) -> None:
     "0 only finishes an existing study (retries, report); default: the config's.",
 )
 @click.option("--epochs", type=int, help="Override training.epochs.")
+@click.option(
+    "--time-budget",
+    type=float,
+    help="Seconds after the command's start when no new trial starts (the running ones finish, the report is "
+    "written, exit 0); default: study.time_budget_seconds.",
+)
+@click.option(
+    "--reevaluate",
+    "reevaluate_top",
+    type=int,
+    help="Train the K best configurations again from new seeds and pick the model on their means "
+    "[default: study.reevaluate_top, 0].",
+)
+@click.option("--seeds", "reevaluate_seeds", type=int, help="New seeds per re-evaluated configuration [default: 3].")
+@click.option("--study-seed", type=int, help="Override study.seed (the sampler's seed).")
 @click.option("--study-name", help="Override study.name (the Optuna study and the MLflow experiment).")
 @click.option(
     "--storage", help="Optuna storage URL [default: journal file under mlruns/, or $TRAINLIB_OPTUNA_STORAGE]."
@@ -90,6 +105,10 @@ def sweep(
     config_file: str,
     n_trials: int | None,
     epochs: int | None,
+    time_budget: float | None,
+    reevaluate_top: int | None,
+    reevaluate_seeds: int | None,
+    study_seed: int | None,
     study_name: str | None,
     storage: str | None,
     tracking_uri: str | None,
@@ -108,6 +127,7 @@ def sweep(
         {
             "study.n_trials": ("--n-trials", n_trials or None),  # 0 is for this command only (plan_sweep)
             "study.name": ("--study-name", study_name),
+            "study.seed": ("--study-seed", study_seed),
             "training.epochs": ("--epochs", epochs),
             "training.device": ("--device", device),
         }
@@ -123,6 +143,9 @@ def sweep(
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
         max_outage_seconds=max_outage,
+        time_budget_seconds=time_budget,
+        reevaluate_top=reevaluate_top,
+        reevaluate_seeds=reevaluate_seeds,
     )
     # Ctrl-C (and SIGTERM) become KeyboardInterrupt even where the shell started us with SIGINT ignored,
     # so an interrupted sweep always closes its runs and trials.
@@ -156,15 +179,30 @@ def exit_now(code: int) -> NoReturn:
 
 
 def format_summary(summary: SweepSummary) -> str:
-    """The end-of-sweep report: counts, top trials, best parameters, test accuracy, how to look at it."""
+    """The end-of-sweep report: counts, top trials, the front, the chosen model and its test accuracy."""
     lines = [
         f"\nstudy {summary.study_name}: {summary.counts['complete']} complete, {summary.counts['pruned']} pruned, "
         f"{summary.counts['failed']} failed ({summary.seconds:.0f} s for this command)",
     ]
+    if summary.budget_spent:
+        lines.append("the time budget was spent: no trial started after it (a rerun adds trials as usual)")
+
+    def table(frame: Any) -> str:
+        return frame.to_string(index=False, float_format=lambda value: f"{value:.4g}")
+
     if len(summary.top_trials):
-        lines += ["", "top trials:", summary.top_trials.to_string(index=False, float_format=lambda v: f"{v:.4g}")]
+        lines += ["", "top trials:", table(summary.top_trials)]
+    if summary.front is not None and len(summary.front):
+        lines += ["", f"Pareto front ({len(summary.front)} trials):", table(summary.front)]
+    if summary.reevaluation is not None and len(summary.reevaluation):
+        lines += ["", "re-evaluated with new seeds (mean and standard deviation):", table(summary.reevaluation)]
     if summary.best_params is not None:
-        lines += ["", f"best value: {summary.best_value:.4f}", f"best params: {summary.best_params}"]
+        lines += [
+            "",
+            f"chosen: trial {summary.chosen_trial} ({summary.selection_rule})",
+            f"its best value: {summary.best_value:.4f}",
+            f"its params: {summary.best_params}",
+        ]
     if summary.test_accuracy is not None:
         lines.append(f"best model's test accuracy (held-out split): {summary.test_accuracy:.4f}")
     if summary.report_deferred:

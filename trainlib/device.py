@@ -63,3 +63,16 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return device.type
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window on ``device`` (CUDA only: elsewhere there is no cheap per-run peak)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """The most memory tensors held on ``device`` since reset_peak_memory, in MiB; None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return None

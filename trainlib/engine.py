@@ -13,7 +13,7 @@ from torch import nn
 
 from trainlib.device import resolve_device, synchronize
 from trainlib.errors import check_positive, check_positive_int
-from trainlib.optim import build_lr_schedule, build_optimizer
+from trainlib.optim import BATCH_SCHEDULES, build_lr_schedule, build_optimizer
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,7 @@ def _train_epoch(
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
+    batch_schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> tuple[float, int]:
     model.train()
     total_loss = torch.zeros((), device=device)  # summed on the device: no host sync per step
@@ -125,6 +126,8 @@ def _train_epoch(
         loss = criterion(model(inputs), targets)
         loss.backward()
         optimizer.step()
+        if batch_schedule is not None:
+            batch_schedule.step()
         total_loss += loss.detach() * targets.shape[0]
         samples += targets.shape[0]
     return total_loss.item() / max(samples, 1), samples
@@ -173,7 +176,8 @@ def train_model(
     Each callback receives the EpochResult; one returning True stops training after that epoch.
     Raises TrainingDiverged as soon as an epoch's training loss is NaN, infinite or above
     ``divergence_threshold`` (a dead network can keep a huge loss finite forever). ``lr_schedule``
-    'cosine' anneals the learning rate from ``lr`` to 0 over ``num_epochs`` (stepped after each epoch).
+    'cosine' anneals the learning rate from ``lr`` to 0 over ``num_epochs`` (stepped after each epoch);
+    'one_cycle' warms up to ``lr`` and anneals over every batch of ``num_epochs`` (the loader needs a length).
     """
     check_positive_int("num_epochs", num_epochs)
     check_positive("lr", lr)
@@ -182,15 +186,18 @@ def train_model(
     criterion = criterion or nn.CrossEntropyLoss()
     if isinstance(optimizer, str):
         optimizer = build_optimizer(optimizer, model.parameters(), lr, **(optimizer_options or {}))
-    schedule = build_lr_schedule(lr_schedule, optimizer, num_epochs)
+    each_batch = lr_schedule in BATCH_SCHEDULES
+    steps_per_epoch = len(train_loader) if each_batch and hasattr(train_loader, "__len__") else None
+    schedule = build_lr_schedule(lr_schedule, optimizer, num_epochs, steps_per_epoch)
+    batch_schedule = schedule if each_batch else None
     history = History()
     for epoch in range(1, num_epochs + 1):
         synchronize(device)
         started = time.perf_counter()
-        train_loss, samples = _train_epoch(model, train_loader, criterion, optimizer, device)
+        train_loss, samples = _train_epoch(model, train_loader, criterion, optimizer, device, batch_schedule)
         synchronize(device)
         epoch_seconds = time.perf_counter() - started
-        if schedule is not None:
+        if schedule is not None and not each_batch:
             schedule.step()
         if not math.isfinite(train_loss) or (divergence_threshold is not None and train_loss > divergence_threshold):
             raise TrainingDiverged(epoch, train_loss, divergence_threshold)

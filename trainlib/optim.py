@@ -51,15 +51,25 @@ def build_optimizer(name: str, params: Iterable[Any], lr: float, **options: Any)
     return optimizer_class(params, lr=lr, **options)
 
 
-# How the learning rate moves over the epochs: held, or cosine-annealed from lr to 0 at the last epoch.
-LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+# How the learning rate moves: held; cosine-annealed from lr to 0 at the last epoch (stepped each epoch); or
+# one-cycle (Smith & Topin 2018): warm up to lr over the first 30% of optimizer steps, then anneal to ~0
+# (stepped each batch). One-cycle moves the learning rate only; momentum stays as drawn.
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "one_cycle")
+BATCH_SCHEDULES: tuple[str, ...] = ("one_cycle",)  # stepped after every optimizer step, the others every epoch
 
 
 def build_lr_schedule(
-    name: str, optimizer: torch.optim.Optimizer, num_epochs: int
+    name: str, optimizer: torch.optim.Optimizer, num_epochs: int, steps_per_epoch: int | None = None
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The per-epoch schedule ``name`` for ``optimizer`` (None for 'constant'); step it after each epoch."""
+    """The schedule ``name`` for ``optimizer`` (None for 'constant'); one_cycle needs ``steps_per_epoch``."""
     check_choice("lr_schedule", name, LR_SCHEDULES)
     if name == "constant":
         return None
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=num_epochs)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=num_epochs)
+    if not steps_per_epoch:
+        raise InvalidArgument(f"lr_schedule {name!r} steps every batch: it needs a loader with a length")
+    peak_lr = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=peak_lr, total_steps=num_epochs * steps_per_epoch, cycle_momentum=False
+    )

@@ -7,6 +7,7 @@ plan_sweep (config + flags -> SweepPlan) -> run_sweep: open the study, start the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 from typing import Any
@@ -24,6 +25,7 @@ from trainlib.sweep.stale_trials import StaleTrialReaper, wait_for_other_trials
 from trainlib.sweep.study import StudyParentSlot, check_study_exists, open_study
 from trainlib.sweep.workers import (
     advance_progress,
+    count_finished,
     make_tracker,
     prepare_process,
     run_new_trials,
@@ -53,6 +55,8 @@ def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
     opened first (created under a lock on first use), then the study, then its parent run is found or made.
     """
     started = time.perf_counter()
+    if plan.time_budget_seconds is not None:  # counted from the command's start; workers get the same deadline
+        plan = dataclasses.replace(plan, deadline=time.time() + plan.time_budget_seconds)
     config = plan.config
     prepare_process()
     workload = plan.workload
@@ -77,6 +81,7 @@ def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
             tracker.start_sweep(slot, opened.created, fixed_params(config), tags, plan.config_file)
             parent_run_id = tracker.wait_for_parent_run_id()  # stores that disagree stop here, before any trial
             ending.during = "trials"
+            finished_before = count_finished(study)
             progress = tqdm(
                 total=plan.n_trials, desc=f"study {config.study.name}", unit="trial", disable=not show_progress
             )
@@ -89,7 +94,12 @@ def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
                 last_alive = _finish_study(study, plan, tracker, reaper)
             progress.close()
             ending.during = "report"
-            summary = summarize(study, plan, tracker, started, report=last_alive)
+            budget_spent = (
+                plan.deadline is not None
+                and time.time() >= plan.deadline
+                and count_finished(study) < finished_before + plan.n_trials
+            )
+            summary = summarize(study, plan, tracker, started, report=last_alive, budget_spent=budget_spent)
             ending.status = "FINISHED" if last_alive else None  # else the last live command ends the parent run
     finally:
         if progress is not None:
@@ -122,6 +132,14 @@ def _finish_study(study: optuna.Study, plan: SweepPlan, tracker: Tracker, reaper
 def fixed_params(config: SweepConfig) -> dict[str, Any]:
     """The settings every trial shares, flattened for MLflow params (the search space as text)."""
     dumped = config.model_dump(exclude_none=True)
+    study = dumped["study"]
+    study.pop("objectives", None)
+    if config.study.multi_objective:
+        del study["metric"], study["direction"]
+    study["objectives"] = ", ".join(
+        f"{metric} ({direction})"
+        for metric, direction in zip(config.study.metric_names, config.study.directions, strict=True)
+    )
     flat: dict[str, Any] = {}
     for section in ("study", "data", "model", "training"):
         for key, value in dumped[section].items():

@@ -17,13 +17,50 @@ from trainlib.optim import LR_SCHEDULES
 from trainlib.sweep.search import PRUNER_NAMES, SAMPLER_NAMES, SearchSpace, StrictModel
 from trainlib.workload import DATA_KINDS, Workload, workload_from_sections
 
-METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+# What a study may optimise, each with the only direction that makes sense. The quality metrics are measured
+# on the validation split at the trial's best epoch; the others describe the whole trial (see sweep/measures.py).
+METRICS = {
+    "val_accuracy": "maximize",
+    "val_loss": "minimize",
+    "train_seconds": "minimize",  # training time of the whole trial, device synchronized (no evaluation)
+    "samples_per_second": "maximize",  # training samples over train_seconds
+    "time_to_target": "minimize",  # training seconds until val_accuracy first reached study.target_accuracy
+    "peak_memory_mb": "minimize",  # CUDA only: the most memory tensors held during the trial
+}
+QUALITY_METRICS = ("val_accuracy", "val_loss")  # pruning and the kept weights follow these
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "gp", "random", "nsga2")
+
+
+class Objective(StrictModel):
+    """One objective of a study: a metric and its direction (the metric's own when left out)."""
+
+    metric: Literal[tuple(METRICS)]  # type: ignore[valid-type]
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @model_validator(mode="after")
+    def _direction_matches_metric(self) -> Objective:
+        if self.direction is not None and METRICS[self.metric] != self.direction:
+            raise ValueError(f"metric {self.metric!r} is optimised with direction {METRICS[self.metric]!r}")
+        return self
+
+    @property
+    def maximize(self) -> bool:
+        return METRICS[self.metric] == "maximize"
 
 
 class StudySettings(StrictModel):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     direction: Literal["maximize", "minimize"] = "maximize"
     metric: Literal[tuple(METRICS)] = "val_accuracy"  # type: ignore[valid-type]
+    objectives: list[Objective] | None = Field(None, min_length=1)
+    target_accuracy: float | None = Field(None, gt=0, le=1)
+    time_budget_seconds: float | None = Field(None, gt=0)
+    # The model of a study with several objectives: the fastest trial within this many accuracy points (0.005:
+    # half a percentage point) of the best validation accuracy; 0 picks the most accurate.
+    select_within: float = Field(0.005, ge=0, lt=1)
+    hypervolume_reference: list[float] | None = None
+    reevaluate_top: int = Field(0, ge=0)
+    reevaluate_seeds: int = Field(3, ge=2)
     n_trials: int = Field(gt=0)
     sampler: Literal[SAMPLER_NAMES] = "tpe"  # type: ignore[valid-type]
     pruner: Literal[PRUNER_NAMES] = "median"  # type: ignore[valid-type]
@@ -32,10 +69,54 @@ class StudySettings(StrictModel):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _direction_matches_metric(self) -> StudySettings:
-        if METRICS[self.metric] != self.direction:
+    def _objectives_make_sense(self) -> StudySettings:
+        if self.objectives is not None and self.model_fields_set & {"metric", "direction"}:
+            raise ValueError("give either metric and direction (one objective) or objectives, not both")
+        if self.objectives is None and METRICS[self.metric] != self.direction:
             raise ValueError(f"metric {self.metric!r} is optimised with direction {METRICS[self.metric]!r}")
+        metrics = [objective.metric for objective in self.objective_list]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"objectives repeat a metric: {metrics}")
+        if not set(metrics) & set(QUALITY_METRICS):
+            raise ValueError(
+                f"objectives {metrics} need val_accuracy or val_loss among them (pruning and the kept weights "
+                f"follow it); metrics: {', '.join(METRICS)}"
+            )
+        if "time_to_target" in metrics and self.target_accuracy is None:
+            raise ValueError("objective time_to_target needs study.target_accuracy (a fraction in (0, 1])")
+        if len(metrics) > 1 and self.sampler not in MULTI_OBJECTIVE_SAMPLERS:
+            raise ValueError(
+                f"sampler {self.sampler!r} optimises one objective; with several use one of "
+                f"{', '.join(MULTI_OBJECTIVE_SAMPLERS)}"
+            )
+        reference = self.hypervolume_reference
+        if reference is not None and (len(metrics) < 2 or len(reference) != len(metrics)):
+            raise ValueError(f"hypervolume_reference needs one value per objective ({len(metrics)}), got {reference}")
         return self
+
+    @property
+    def objective_list(self) -> tuple[Objective, ...]:
+        """The study's objectives in order (one, from metric and direction, unless objectives is given)."""
+        if self.objectives is None:
+            return (Objective(metric=self.metric, direction=self.direction),)
+        return tuple(self.objectives)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [objective.metric for objective in self.objective_list]
+
+    @property
+    def directions(self) -> list[str]:
+        return [METRICS[metric] for metric in self.metric_names]
+
+    @property
+    def quality_metric(self) -> str:
+        """The objective that pruning follows and whose best epoch's weights a trial keeps."""
+        return next(metric for metric in self.metric_names if metric in QUALITY_METRICS)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objective_list) > 1
 
 
 REFERENCE_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"  # package.module:function
@@ -104,7 +185,7 @@ class TrainingSettings(StrictModel):
     epochs: int = Field(gt=0)
     # A trial whose training loss exceeds this (or is NaN/inf) fails at once; ln(10) ~ 2.3 is chance level.
     divergence_threshold: float = Field(100.0, gt=0)
-    lr_schedule: Literal[LR_SCHEDULES] = "constant"  # type: ignore[valid-type]
+    lr_schedule: Literal[LR_SCHEDULES] = "constant"  # type: ignore[valid-type]  (or drawn: search.lr_schedule)
     device: str = "auto"
     seed: int = 0
 
@@ -125,6 +206,15 @@ class SweepConfig(StrictModel):
     training: TrainingSettings
     search: SearchSpace
 
+    @model_validator(mode="after")
+    def _memory_is_measured(self) -> SweepConfig:
+        device = resolve_device(self.training.device)
+        if "peak_memory_mb" in self.study.metric_names and device.type != "cuda":
+            raise ValueError(
+                f"objective peak_memory_mb is measured on CUDA devices only; training.device resolves to {device} here"
+            )
+        return self
+
     def workload(self, base_dir: Path | None) -> Workload:
         """The model and data this study trains; ``base_dir`` is the study file's folder."""
         return workload_from_sections(
@@ -136,7 +226,7 @@ class SweepConfig(StrictModel):
 
         A bad override is reported under its flag's name, not the config file's key.
         """
-        sections = self.model_dump()
+        sections = self.model_dump(exclude_unset=True)  # defaults stay defaults (metric beside objectives, say)
         flags = {}
         for dotted, (flag, value) in overrides.items():
             if value is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,10 @@ class SweepPlan:
     heartbeat_interval: int = HEARTBEAT_INTERVAL_SECONDS  # PostgreSQL/MySQL storages only
     grace_period: int = GRACE_PERIOD_SECONDS
     max_outage_seconds: float = MAX_OUTAGE_SECONDS  # how long a worker waits out a lost store before exiting
+    time_budget_seconds: float | None = None  # no trial starts once this much time has passed since the start
+    deadline: float | None = None  # time.time() at which the budget is spent; set when the command starts
+    reevaluate_top: int = 0  # retrain the top K configurations ...
+    reevaluate_seeds: int = 3  # ... with this many new seeds each, before the pick
 
     @property
     def workload(self) -> Workload:
@@ -63,6 +68,9 @@ def plan_sweep(
     heartbeat_interval: int = HEARTBEAT_INTERVAL_SECONDS,
     grace_period: int = GRACE_PERIOD_SECONDS,
     max_outage_seconds: int = MAX_OUTAGE_SECONDS,
+    time_budget_seconds: float | None = None,
+    reevaluate_top: int | None = None,
+    reevaluate_seeds: int | None = None,
 ) -> SweepPlan:
     """Check every command-line choice before anything is created; raise InvalidArgument on the first bad one."""
     n_trials = config.study.n_trials if n_trials is None else n_trials
@@ -76,6 +84,16 @@ def plan_sweep(
             f"--grace-period ({grace_period} s) must be longer than --heartbeat-interval ({heartbeat_interval} s), "
             "or live trials would be failed between two heartbeats"
         )
+    settings = config.study
+    budget = settings.time_budget_seconds if time_budget_seconds is None else time_budget_seconds
+    if budget is not None and (not isinstance(budget, (int, float)) or not 0 < budget < math.inf):
+        raise InvalidArgument(f"--time-budget {budget}: give a positive number of seconds")
+    reevaluate_top = settings.reevaluate_top if reevaluate_top is None else reevaluate_top
+    reevaluate_seeds = settings.reevaluate_seeds if reevaluate_seeds is None else reevaluate_seeds
+    check_non_negative_int("--reevaluate", reevaluate_top)
+    check_positive_int("--seeds", reevaluate_seeds)
+    if reevaluate_seeds < 2:
+        raise InvalidArgument(f"--seeds {reevaluate_seeds}: a mean and standard deviation need 2 seeds or more")
     storage_url = resolve_storage_url(storage)
     if workers > 1 and is_sqlite(storage_url):
         raise InvalidArgument(
@@ -93,6 +111,9 @@ def plan_sweep(
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
         max_outage_seconds=max_outage_seconds,
+        time_budget_seconds=budget,
+        reevaluate_top=reevaluate_top,
+        reevaluate_seeds=reevaluate_seeds,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
@@ -16,10 +17,21 @@ import torch
 
 from trainlib.data import make_loader
 from trainlib.engine import evaluate_model
+from trainlib.sweep.config import METRICS, StudySettings
+from trainlib.sweep.front import (
+    candidates_of,
+    complete_trials,
+    front_frame,
+    pick_fastest_accurate,
+    pick_rule,
+    speed_metric,
+)
+from trainlib.sweep.measures import measures_of
 from trainlib.sweep.plan import SweepPlan
+from trainlib.sweep.reevaluate import Reevaluation, reevaluate, reevaluation_frame, top_configurations
 from trainlib.sweep.study import RUN_ID_ATTR
 from trainlib.sweep.workers import FINISHED_STATES
-from trainlib.tracking import Tracker
+from trainlib.tracking import RunNote, Tracker
 from trainlib.workload import build_workload_model, load_splits
 
 log = logging.getLogger(__name__)
@@ -32,58 +44,167 @@ class SweepSummary:
     study_name: str
     counts: dict[str, int]
     top_trials: pd.DataFrame
-    best_params: dict[str, Any] | None
-    best_value: float | None
+    best_params: dict[str, Any] | None  # the chosen trial's
+    best_value: float | None  # the chosen trial's quality metric
     test_accuracy: float | None
     parent_run_id: str | None
     tracking_uri: str | None
     seconds: float
     report_deferred: bool = False  # other workers are alive and running trials; the last to finish writes the report
+    chosen_trial: int | None = None
+    selection_rule: str = ""
+    front: pd.DataFrame | None = None  # several objectives: the Pareto front
+    reevaluation: pd.DataFrame | None = None
+    budget_spent: bool = False  # the time budget stopped the study before its --n-trials
 
 
-def summarize(study: optuna.Study, plan: SweepPlan, tracker: Tracker, started: float, report: bool) -> SweepSummary:
-    """The summary of the study; with ``report``, also test and log the best model and log the report files."""
+def summarize(
+    study: optuna.Study, plan: SweepPlan, tracker: Tracker, started: float, report: bool, budget_spent: bool = False
+) -> SweepSummary:
+    """The summary of the study; with ``report``, also pick, test and log the model and log the report files."""
+    settings = plan.config.study
     trials = study.get_trials(deepcopy=False)
     counts = {
         name: sum(trial.state == state for trial in trials)
         for name, state in zip(("complete", "pruned", "failed"), FINISHED_STATES, strict=True)
     }
-    frame = study.trials_dataframe(attrs=("number", "value", "params", "state", "duration"))
-    if len(frame):
-        frame["seconds"] = frame.pop("duration").dt.total_seconds().round(1)
-        frame.columns = [column.removeprefix("params_") for column in frame.columns]
-    complete = frame[frame["state"] == "COMPLETE"] if len(frame) else frame
-    ascending = plan.config.study.direction == "minimize"
-    top = complete.sort_values("value", ascending=ascending).head(10) if len(complete) else complete
-    best_trial = study.best_trial if counts["complete"] else None
-    test_accuracy = None
-    files: list[Path] = []
-    if best_trial is not None and report:  # first: the tracking thread logs the model while the report is drawn
-        test_accuracy = score_best_model(best_trial, plan, tracker)
+    frame = trials_table(trials, settings)
+    front = front_frame(study, settings) if settings.multi_objective and counts["complete"] else None
+    chosen, test_accuracy, reevaluation = None, None, None
+    tags: dict[str, str] = {}
+    if counts["complete"] and report:
+        reevaluations = []
+        if plan.reevaluate_top:
+            top = top_configurations(study, settings, plan.reevaluate_top)
+            reevaluations = reevaluate(study, plan, tracker, top)
+            reevaluation = reevaluation_frame(reevaluations, {t.number: measures_of(t) for t in top})
+        chosen = choose_trial(study, settings, reevaluations)
+        # First: the tracking thread logs the model while the report is drawn.
+        test_accuracy = score_best_model(chosen, plan, tracker)
+        tracker.annotate_runs(run_notes(study, settings, reevaluations))
+        tags = {"trainlib.selection_rule": selection_rule(settings, bool(reevaluations))}
+    elif counts["complete"] and not settings.multi_objective:
+        chosen = study.best_trial  # for the summary only: the reporting command picks and logs the model
+    if budget_spent:
+        tags["trainlib.stopped_by"] = f"time budget of {plan.time_budget_seconds:g} s"
     with tempfile.TemporaryDirectory(prefix="trainlib-report-") as folder_name:
         folder = Path(folder_name)
+        files: list[Path] = []
         if len(frame) and report:
-            csv_path = folder / "trials.csv"
-            study.trials_dataframe().to_csv(csv_path, index=False)
-            files.append(csv_path)
-            files.extend(plot_study(study, folder))
-        tracker.log_summary(counts, files)
+            files.append(write_csv(frame, folder / "trials.csv"))
+            if front is not None:
+                files.append(write_csv(front, folder / "pareto_front.csv"))
+            if reevaluation is not None:
+                files.append(write_csv(reevaluation, folder / "reevaluation.csv"))
+            files.extend(plot_study(study, folder, settings.quality_metric if settings.multi_objective else None))
+        tracker.log_summary(counts, files, tags)
+    quality_index = settings.metric_names.index(settings.quality_metric)
     return SweepSummary(
         study_name=study.study_name,
         counts=counts,
-        top_trials=top,
-        best_params=best_trial.params if best_trial else None,
-        best_value=best_trial.value if best_trial else None,
+        top_trials=top_trials(frame, settings),
+        best_params=chosen.params if chosen else None,
+        best_value=chosen.values[quality_index] if chosen else None,
         test_accuracy=test_accuracy,
         parent_run_id=tracker.wait_for_parent_run_id(),
         tracking_uri=plan.tracking_uri,
         seconds=time.perf_counter() - started,
         report_deferred=not report,
+        chosen_trial=chosen.number if chosen else None,
+        selection_rule=selection_rule(settings, reevaluation is not None),
+        front=front,
+        reevaluation=reevaluation,
+        budget_spent=budget_spent,
     )
 
 
-def plot_study(study: optuna.Study, folder: Path) -> list[Path]:
-    """Optuna's plots as PNG files; a plot that needs more trials than exist is skipped."""
+def trials_table(trials: list[optuna.trial.FrozenTrial], settings: StudySettings) -> pd.DataFrame:
+    """Every trial: number, its objectives ('value' with one), state, parameters, training and wall seconds."""
+    rows = []
+    names = settings.metric_names if settings.multi_objective else ["value"]
+    for trial in trials:
+        row: dict[str, Any] = {"number": trial.number}
+        row.update(zip(names, trial.values or [None] * len(names), strict=True))
+        row["state"] = trial.state.name
+        row.update(trial.params)
+        measures = measures_of(trial)
+        for extra in ("train_seconds", "time_to_target"):
+            if extra in measures and extra not in names:
+                row[extra] = measures[extra]
+        duration = trial.duration
+        row["seconds"] = round(duration.total_seconds(), 1) if duration is not None else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def top_trials(frame: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
+    """The ten best complete trials by the quality metric."""
+    if not len(frame):
+        return frame
+    column = settings.quality_metric if settings.multi_objective else "value"
+    complete = frame[frame["state"] == "COMPLETE"]
+    ascending = METRICS[settings.quality_metric] == "minimize"
+    return complete.sort_values(column, ascending=ascending, kind="stable").head(10)
+
+
+def choose_trial(
+    study: optuna.Study, settings: StudySettings, reevaluations: list[Reevaluation]
+) -> optuna.trial.FrozenTrial:
+    """The trial whose model the study hands on (see selection_rule); the study has a complete trial."""
+    by_number = {trial.number: trial for trial in complete_trials(study)}
+    measured = [result for result in reevaluations if result.runs]
+    if settings.multi_objective:
+        if measured:
+            speed = speed_metric(settings)
+            means = {r.trial_number: (r.mean("val_accuracy"), r.mean(speed)) for r in measured}
+            candidates = candidates_of([by_number[number] for number in means], settings, means)
+        else:
+            candidates = candidates_of(list(by_number.values()), settings)
+        pick = pick_fastest_accurate(candidates, settings.select_within)
+        return pick.trial if pick is not None else min(study.best_trials, key=lambda trial: trial.number)
+    if measured:
+        quality = settings.quality_metric
+        sign = -1 if METRICS[quality] == "maximize" else 1
+        return by_number[min(measured, key=lambda r: sign * r.mean(quality)).trial_number]
+    return study.best_trial
+
+
+def selection_rule(settings: StudySettings, reevaluated: bool) -> str:
+    """How the model was picked, in words (on the parent run and in the summary)."""
+    rule = pick_rule(settings)
+    return f"{rule}, by means over re-evaluation seeds" if reevaluated else rule
+
+
+def run_notes(study: optuna.Study, settings: StudySettings, reevaluations: list[Reevaluation]) -> dict[str, RunNote]:
+    """Tags and metrics for trial runs: pareto_front true/false (several objectives), re-evaluation means."""
+    notes: dict[str, RunNote] = {}
+    on_front = {trial.number for trial in study.best_trials} if settings.multi_objective else set()
+    by_number = {trial.number: trial for trial in complete_trials(study)}
+    for number, trial in by_number.items():
+        run_id = trial.user_attrs.get(RUN_ID_ATTR)
+        if run_id is None:
+            continue
+        tags = {"pareto_front": str(number in on_front).lower()} if settings.multi_objective else {}
+        metrics: dict[str, float] = {}
+        for result in reevaluations:
+            if result.trial_number == number and result.runs:
+                for metric in ("val_accuracy", "train_seconds"):
+                    metrics[f"reevaluated_{metric}_mean"] = result.mean(metric)
+                    if len(result.runs) > 1:
+                        metrics[f"reevaluated_{metric}_std"] = result.std(metric)
+        if tags or metrics:
+            notes[run_id] = RunNote(tags=tags, metrics=metrics)
+    return notes
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    frame.to_csv(path, index=False)
+    return path
+
+
+def plot_study(study: optuna.Study, folder: Path, quality: str | None = None) -> list[Path]:
+    """Optuna's plots as PNG files; a plot that needs more trials than exist is skipped. ``quality``: the objective
+    the one-objective plots show in a study with several."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,11 +212,18 @@ def plot_study(study: optuna.Study, folder: Path) -> list[Path]:
     from optuna.visualization import matplotlib as optuna_plots
 
     plots = {
+        "pareto_front": optuna_plots.plot_pareto_front,  # several objectives only (raises with one)
         "optimization_history": optuna_plots.plot_optimization_history,
         "param_importances": optuna_plots.plot_param_importances,
         "parallel_coordinate": optuna_plots.plot_parallel_coordinate,
         "slice": optuna_plots.plot_slice,
     }
+    if quality is not None:  # several objectives: the other plots show the quality objective
+        index = study.metric_names.index(quality) if study.metric_names else 0
+        for name in ("optimization_history", "param_importances", "parallel_coordinate", "slice"):
+            plots[name] = functools.partial(
+                plots[name], target=lambda trial, index=index: trial.values[index], target_name=quality
+            )
     written = []
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     for name, plot in plots.items():
@@ -116,7 +244,7 @@ def plot_study(study: optuna.Study, folder: Path) -> list[Path]:
 
 
 def score_best_model(best_trial: optuna.trial.FrozenTrial, plan: SweepPlan, tracker: Tracker) -> float | None:
-    """Rebuild the best trial's best epoch, measure it once on the held-out test split, and log it."""
+    """Rebuild the chosen trial's best epoch, measure it once on the held-out test split, and log it."""
     weights = tracker.load_trial_weights(best_trial.user_attrs.get(RUN_ID_ATTR), best_trial.number)
     if weights is None:
         log.warning("best trial %d logged no weights; no test accuracy", best_trial.number)

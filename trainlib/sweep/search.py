@@ -10,7 +10,7 @@ from typing import Any, Literal
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from trainlib.optim import OPTIMIZER_NAMES, optimizer_options
+from trainlib.optim import LR_SCHEDULES, OPTIMIZER_NAMES, optimizer_options
 
 
 def _quietly(factory: Callable[..., Any], **options: Any) -> Any:
@@ -25,6 +25,7 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
     "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
     "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
 }
 # Each pruner factory takes (startup trials, warm-up epochs) from the study settings.
 PRUNERS: dict[str, Callable[[int, int], optuna.pruners.BasePruner]] = {
@@ -81,6 +82,7 @@ class SearchSpace(StrictModel):
     momentum: UnitRange | None = None
     nesterov: bool = False
     weight_decay: FloatRange | None = None
+    lr_schedule: list[Literal[LR_SCHEDULES]] | None = Field(None, min_length=1)  # type: ignore[valid-type]
 
     @field_validator("batch_size")
     @classmethod
@@ -92,11 +94,11 @@ class SearchSpace(StrictModel):
             raise ValueError(f"batch sizes must not repeat, got {sizes}")
         return sizes
 
-    @field_validator("optimizer")
+    @field_validator("optimizer", "lr_schedule")
     @classmethod
-    def _unique(cls, names: list[str]) -> list[str]:
-        if len(set(names)) != len(names):
-            raise ValueError(f"optimizers must not repeat, got {names}")
+    def _unique(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None and len(set(names)) != len(names):
+            raise ValueError(f"choices must not repeat, got {names}")
         return names
 
 
@@ -108,10 +110,18 @@ class TrialParams:
     batch_size: int
     optimizer: str
     optimizer_options: dict[str, Any] = field(default_factory=dict)
+    lr_schedule: str | None = None  # None: the study's fixed training.lr_schedule
 
     def as_dict(self) -> dict[str, Any]:
-        """Flat, as Optuna names them (lr, batch_size, optimizer, momentum, ...): for logging."""
-        return {"lr": self.lr, "batch_size": self.batch_size, "optimizer": self.optimizer, **self.optimizer_options}
+        """Flat, as Optuna names them (lr, batch_size, optimizer, momentum, ..., lr_schedule): for logging."""
+        schedule = {} if self.lr_schedule is None else {"lr_schedule": self.lr_schedule}
+        return {
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "optimizer": self.optimizer,
+            **self.optimizer_options,
+            **schedule,
+        }
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> TrialParams:
@@ -130,7 +140,15 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> TrialParams:
         options["weight_decay"] = trial.suggest_float(
             "weight_decay", space.weight_decay.low, space.weight_decay.high, log=space.weight_decay.log
         )
-    return TrialParams(lr=lr, batch_size=batch_size, optimizer=optimizer, optimizer_options=options)
+    schedule = None if space.lr_schedule is None else trial.suggest_categorical("lr_schedule", space.lr_schedule)
+    return TrialParams(lr, batch_size, optimizer, options, schedule)
+
+
+def params_from_trial(params: dict[str, Any]) -> TrialParams:
+    """The TrialParams of a finished trial's ``params`` (to train the same configuration again)."""
+    known = ("lr", "batch_size", "optimizer", "lr_schedule")
+    options = {key: value for key, value in params.items() if key not in known}
+    return TrialParams(params["lr"], params["batch_size"], params["optimizer"], options, params.get("lr_schedule"))
 
 
 def search_distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -146,4 +164,6 @@ def search_distributions(space: SearchSpace) -> dict[str, optuna.distributions.B
     if space.weight_decay is not None:
         low, high, log = space.weight_decay.low, space.weight_decay.high, space.weight_decay.log
         distributions["weight_decay"] = optuna.distributions.FloatDistribution(low, high, log=log)
+    if space.lr_schedule is not None:
+        distributions["lr_schedule"] = optuna.distributions.CategoricalDistribution(space.lr_schedule)
     return distributions

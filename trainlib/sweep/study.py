@@ -54,20 +54,21 @@ def open_study(plan: SweepPlan, worker_index: int = 0) -> OpenedStudy:
         on_stale_trial=StaleTrialHandler(plan),
         max_outage_seconds=plan.max_outage_seconds,
     )
-    pruner = PRUNERS[settings.pruner](settings.pruner_startup_trials, settings.pruner_warmup_epochs)
+    # Several objectives: Optuna cannot prune (optuna#3450); the objective's CurvePruner applies the rule instead.
+    pruner_name = "none" if settings.multi_objective else settings.pruner
+    pruner = PRUNERS[pruner_name](settings.pruner_startup_trials, settings.pruner_warmup_epochs)
     try:
         study = optuna.create_study(
-            storage=storage, pruner=pruner, study_name=settings.name, direction=settings.direction
+            storage=storage, pruner=pruner, study_name=settings.name, directions=settings.directions
         )
         created = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(settings.metric_names)  # plots and trials.csv name the objectives
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage, pruner=pruner, study_name=settings.name)
         created = False
-        if study.direction.name.lower() != settings.direction:
-            raise InvalidArgument(
-                f"study {settings.name!r} exists with direction {study.direction.name.lower()}, "
-                f"the config says {settings.direction}"
-            ) from None
+        check_objectives_match(study, plan)
         check_study_matches(study, plan)
         if not plan.uses_heartbeats:  # a journal or sqlite study: trials of killed local commands are failed now
             handler = StaleTrialHandler(plan, reason="its command is gone (killed, or crashed mid-write)")
@@ -97,6 +98,25 @@ def study_definition(plan: SweepPlan) -> dict[str, Any]:
     else:
         recorded_data = {"factory": workload.data, **options}
     return {"data": recorded_data, "model": plan.config.model.model_dump(exclude_none=True)}
+
+
+def check_objectives_match(study: optuna.Study, plan: SweepPlan) -> None:
+    """Raise InvalidArgument if the study was created with other objectives than the config's."""
+    settings = plan.config.study
+    directions = [direction.name.lower() for direction in study.directions]
+    recorded = study.metric_names
+    if recorded is None and len(directions) == 1 and not settings.multi_objective:
+        recorded = [settings.metric_names[0]] if directions == settings.directions else None  # before names existed
+    if recorded != settings.metric_names or directions != settings.directions:
+        raise InvalidArgument(
+            f"study {settings.name!r} optimises {_objectives_text(recorded, directions)}, the config says "
+            f"{_objectives_text(settings.metric_names, settings.directions)}; give a new --study-name"
+        )
+
+
+def _objectives_text(metrics: list[str] | None, directions: list[str]) -> str:
+    names = metrics or ["?"] * len(directions)
+    return ", ".join(f"{name} ({direction})" for name, direction in zip(names, directions, strict=True))
 
 
 def check_study_matches(study: optuna.Study, plan: SweepPlan) -> None:

@@ -20,6 +20,8 @@ from trainlib._compat import quiet_logger_of_optimize_loop
 from trainlib.device import resolve_device
 from trainlib.engine import TrainingDiverged
 from trainlib.store_failures import StoreDamaged, StoreUnavailable
+from trainlib.sweep.config import SweepConfig
+from trainlib.sweep.front import hypervolume, hypervolume_reference
 from trainlib.sweep.interrupts import EndingRuns, SweepInterrupted, install_interrupt_handler
 from trainlib.sweep.objective import TrialFailed, run_trial
 from trainlib.sweep.plan import SweepPlan
@@ -74,15 +76,32 @@ def _optimize(
     objective = functools.partial(
         run_trial, config=config, workload=workload, splits=splits, device=device, tracker=tracker
     )
-    best_so_far = functools.partial(_log_best_so_far, tracker=tracker, metric=config.study.metric)
+    timeout = None if plan.deadline is None else plan.deadline - time.time()
+    if timeout is not None and timeout <= 0:
+        return  # the time budget is spent: no trial starts
+    progress = functools.partial(log_study_progress, tracker=tracker, config=config)
     study.optimize(
-        objective, n_trials=n_trials, catch=(TrainingDiverged, TrialFailed), callbacks=[best_so_far, *callbacks]
+        objective,
+        n_trials=n_trials,
+        timeout=timeout,  # Optuna starts no trial once it is spent; the running one finishes
+        catch=(TrainingDiverged, TrialFailed),
+        callbacks=[progress, *callbacks],
     )
 
 
-def _log_best_so_far(study: optuna.Study, trial: optuna.trial.FrozenTrial, tracker: Tracker, metric: str) -> None:
+def log_study_progress(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, tracker: Tracker, config: SweepConfig
+) -> None:
+    """Optuna callback: the best value so far (one objective) or the front's hypervolume (several) on the parent."""
+    settings = config.study
+    if settings.multi_objective:
+        reference = hypervolume_reference(study, settings)
+        if reference is not None:
+            front = study.best_trials
+            tracker.log_study_metrics({"hypervolume": hypervolume(front, settings, reference)}, trial.number)
+        return
     with contextlib.suppress(ValueError):  # no complete trial yet
-        tracker.log_best_so_far(metric, study.best_value, trial.number)
+        tracker.log_study_metrics({f"best_{settings.quality_metric}": study.best_value}, trial.number)
 
 
 class NewTrialBudget:
@@ -180,5 +199,8 @@ def _show_progress(progress: tqdm, study: optuna.Study, baseline: int) -> None:
 
 
 def _show_best(progress: tqdm, study: optuna.Study) -> None:
+    if len(study.directions) > 1:
+        progress.set_postfix(front=len(study.best_trials))
+        return
     with contextlib.suppress(ValueError):  # no complete trial yet
         progress.set_postfix(best=f"{study.best_value:.4f}")

@@ -6,7 +6,7 @@ the ParentRunSlot protocol.
 """
 
 from trainlib.tracking.client import PatientClient, configure_mlflow, ensure_experiment, environment_tags
-from trainlib.tracking.protocol import NullTracker, ParentRunSlot, Tracker, TrialLog, TrialOutcome
+from trainlib.tracking.protocol import NullTracker, ParentRunSlot, RunNote, Tracker, TrialLog, TrialOutcome
 from trainlib.tracking.tracker import MlflowTracker
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "NullTracker",
     "ParentRunSlot",
     "PatientClient",
+    "RunNote",
     "Tracker",
     "TrialLog",
     "TrialOutcome",

@@ -34,6 +34,14 @@ class TrialOutcome:
         return {"optuna.state": self.state, **reason, **self.details}
 
 
+@dataclass(frozen=True)
+class RunNote:
+    """Tags and metrics (step 0) to add to a run that has ended."""
+
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
 class ParentRunSlot(Protocol):
     """Where a study publishes its parent run's id, with a claim so that one command (on any machine) creates it."""
 
@@ -78,14 +86,17 @@ class Tracker(Protocol):
     def wait_for_parent_run_id(self) -> str | None:
         """The parent run's id, once the store has it; None when there is none (no tracking)."""
 
-    def log_best_so_far(self, metric: str, value: float, trial_number: int) -> None:
-        """The study's best value after trial ``trial_number`` (a parent metric, step = trial number)."""
+    def log_study_metrics(self, metrics: dict[str, float], trial_number: int) -> None:
+        """The study's progress after trial ``trial_number`` (best value, hypervolume): parent metrics, step = trial."""
 
     def start_trial(self, study_name: str, trial_number: int, params: dict[str, Any], retry_of: int | None) -> TrialLog:
         """A child run for a trial that starts now (``retry_of``: the dead trial it runs again)."""
 
-    def log_trial_result(self, trial: TrialLog, metric: str, best_value: float, weights: dict[str, Any]) -> None:
-        """The trial's best metric, and the weights of its best epoch (for the final model)."""
+    def start_reevaluation(self, study_name: str, trial_number: int, seed: int, params: dict[str, Any]) -> TrialLog:
+        """A child run for trial ``trial_number``'s configuration trained again from ``seed``."""
+
+    def log_trial_result(self, trial: TrialLog, metrics: dict[str, float], weights: dict[str, Any] | None) -> None:
+        """The trial's figures (best metric, training seconds, ...), and the weights of its best epoch (if given)."""
 
     def end_trial(self, trial: TrialLog, outcome: TrialOutcome) -> str | None:
         """End the trial's run as ``outcome`` says once its log is stored; return its run id (None: not tracked)."""
@@ -96,8 +107,11 @@ class Tracker(Protocol):
     def end_lost_trial(self, study_name: str, trial_number: int, run_id: str | None, reason: str) -> list[str]:
         """End the run of a trial whose worker died as KILLED; return the run ids ended."""
 
-    def log_summary(self, counts: dict[str, int], files: list[Path]) -> None:
-        """Trial counts and report files on the parent run; waits until all is stored."""
+    def annotate_runs(self, notes: dict[str, RunNote]) -> None:
+        """Add tags and metrics to runs, by run id (Pareto-front tags, re-evaluation means), after they ended."""
+
+    def log_summary(self, counts: dict[str, int], files: list[Path], tags: dict[str, str] | None = None) -> None:
+        """Trial counts, report files and tags on the parent run; waits until all is stored."""
 
     def log_best_model(
         self, model: torch.nn.Module, example: torch.Tensor, test_accuracy: float, trial_number: int
@@ -145,14 +159,18 @@ class NullTracker:
     def wait_for_parent_run_id(self) -> str | None:
         return None
 
-    def log_best_so_far(self, metric: str, value: float, trial_number: int) -> None:
+    def log_study_metrics(self, metrics: dict[str, float], trial_number: int) -> None:
         pass
 
     def start_trial(self, study_name: str, trial_number: int, params: dict[str, Any], retry_of: int | None) -> TrialLog:
         return UntrackedTrial(trial_number)
 
-    def log_trial_result(self, trial: TrialLog, metric: str, best_value: float, weights: dict[str, Any]) -> None:
-        torch.save(weights, self._weights_path(trial.trial_number))
+    def start_reevaluation(self, study_name: str, trial_number: int, seed: int, params: dict[str, Any]) -> TrialLog:
+        return UntrackedTrial(trial_number)
+
+    def log_trial_result(self, trial: TrialLog, metrics: dict[str, float], weights: dict[str, Any] | None) -> None:
+        if weights is not None:
+            torch.save(weights, self._weights_path(trial.trial_number))
 
     def end_trial(self, trial: TrialLog, outcome: TrialOutcome) -> str | None:
         return None
@@ -164,7 +182,10 @@ class NullTracker:
     def end_lost_trial(self, study_name: str, trial_number: int, run_id: str | None, reason: str) -> list[str]:
         return []
 
-    def log_summary(self, counts: dict[str, int], files: list[Path]) -> None:
+    def annotate_runs(self, notes: dict[str, RunNote]) -> None:
+        pass
+
+    def log_summary(self, counts: dict[str, int], files: list[Path], tags: dict[str, str] | None = None) -> None:
         pass
 
     def log_best_model(

@@ -8,6 +8,7 @@ weights) and at the end. Every call goes through PatientClient, which waits out 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -25,7 +26,7 @@ from trainlib.errors import InvalidArgument
 from trainlib.store_failures import MAX_OUTAGE_SECONDS, StoreUnavailable, first_line
 from trainlib.stores import redact
 from trainlib.tracking.client import PatientClient, ensure_experiment, using_tracking_uri
-from trainlib.tracking.protocol import ParentRunSlot, TrialOutcome
+from trainlib.tracking.protocol import ParentRunSlot, RunNote, TrialOutcome
 from trainlib.tracking.runs import Batch, RunLog, TrackingThread, done, now_ms
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class MlflowTracker:
         self.parent = RunLog(self.thread, self.write_batch)  # the parent's batches (best value so far)
         self.parent_run_id: str | None = None  # set on the tracking thread as soon as the parent run exists
         self.open_trials: dict[int, RunLog] = {}  # trial runs started and not yet ended, by trial number
+        self.reevaluation_keys = itertools.count(1)
         self.opened = self.thread.submit(self._open, experiment_name)
 
     def _open(self, experiment_name: str) -> None:  # tracking thread
@@ -147,9 +149,9 @@ class MlflowTracker:
         """The parent run's id once the tracking thread has it; None before start_sweep or attach."""
         return None if self.parent.created is None else self.parent.created.result()
 
-    def log_best_so_far(self, metric: str, value: float, trial_number: int) -> None:
-        """The study's best value after trial ``trial_number``, as parent metric best_<metric> (step = trial)."""
-        self.parent.log(metrics=[Metric(f"best_{metric}", value, now_ms(), trial_number)])
+    def log_study_metrics(self, metrics: dict[str, float], trial_number: int) -> None:
+        """The study's progress after trial ``trial_number`` (best value, hypervolume): parent metrics, step = trial."""
+        self.parent.log(metrics=[Metric(name, value, now_ms(), trial_number) for name, value in metrics.items()])
 
     def end_sweep(self, status: str | None, reason: str | None = None) -> None:
         """End the parent (status None: leave it) and every trial run still open, once everything queued is stored.
@@ -204,22 +206,31 @@ class MlflowTracker:
         }
         if retry_of is not None:  # a retry of a trial whose worker died
             tags["optuna.retry_of"] = str(retry_of)
-        created = self.thread.submit(self._create_child, trial_number, tags)
-        trial = RunLog(self.thread, self.write_batch, created, trial_number=trial_number)
-        self.open_trials[trial_number] = trial
-        trial.log(
-            params=[Param(key, param_text(value)) for key, value in {**params, "trial_number": trial_number}.items()]
-        )
+        params = {**params, "trial_number": trial_number}
+        return self._start_child(f"trial-{trial_number:04d}", trial_number, tags, params)
+
+    def start_reevaluation(self, study_name: str, trial_number: int, seed: int, params: dict[str, Any]) -> RunLog:
+        """A child run for trial ``trial_number``'s configuration trained again from ``seed``."""
+        tags = {"trainlib.role": "reevaluation", "optuna.study": study_name, "trainlib.reevaluates": str(trial_number)}
+        key = -next(self.reevaluation_keys)  # apart from trial numbers among the open runs the way out ends
+        return self._start_child(f"trial-{trial_number:04d}-seed-{seed}", key, tags, {**params, "seed": seed})
+
+    def _start_child(self, run_name: str, key: int, tags: dict[str, str], params: dict[str, Any]) -> RunLog:
+        created = self.thread.submit(self._create_child, run_name, tags)
+        trial = RunLog(self.thread, self.write_batch, created, trial_number=key)
+        self.open_trials[key] = trial
+        trial.log(params=[Param(name, param_text(value)) for name, value in params.items()])
         return trial
 
-    def _create_child(self, trial_number: int, tags: dict[str, str]) -> str:  # tracking thread
+    def _create_child(self, run_name: str, tags: dict[str, str]) -> str:  # tracking thread
         tags = {"mlflow.parentRunId": self.parent.created.result(), **tags}
-        return self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number:04d}", tags=tags).info.run_id
+        return self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
 
-    def log_trial_result(self, trial: RunLog, metric: str, best_value: float, weights: dict[str, Any]) -> None:
-        """Log the trial's best metric and the weights of its best epoch (for the final model)."""
-        trial.log(metrics=[Metric(f"best_{metric}", best_value, now_ms(), 0)])
-        self.thread.submit(self._log_weights, trial, weights)
+    def log_trial_result(self, trial: RunLog, metrics: dict[str, float], weights: dict[str, Any] | None) -> None:
+        """Log the trial's figures (best metric, training seconds, ...) and the weights of its best epoch (if given)."""
+        trial.log(metrics=[Metric(name, value, now_ms(), 0) for name, value in metrics.items()])
+        if weights is not None:
+            self.thread.submit(self._log_weights, trial, weights)
 
     def _log_weights(self, trial: RunLog, weights: dict[str, Any]) -> None:  # tracking thread
         with tempfile.TemporaryDirectory() as folder:
@@ -279,13 +290,26 @@ class MlflowTracker:
 
     # ---- end of sweep ----
 
-    def log_summary(self, counts: dict[str, int], files: list[Path]) -> None:
-        """Trial counts as metrics, report files (trials.csv, plots) as parent artifacts; waits until all is stored."""
+    def annotate_runs(self, notes: dict[str, RunNote]) -> None:
+        """Add tags and step-0 metrics to runs that ended (Pareto-front tags, re-evaluation means)."""
+
+        def annotate() -> None:  # tracking thread
+            for run_id, note in notes.items():
+                tags = [RunTag(key, value) for key, value in note.tags.items()]
+                metrics = [Metric(key, value, now_ms(), 0) for key, value in note.metrics.items()]
+                self.write_batch(run_id, Batch(metrics=metrics, tags=tags))
+
+        self.thread.submit(annotate)
+
+    def log_summary(self, counts: dict[str, int], files: list[Path], tags: dict[str, str] | None = None) -> None:
+        """Trial counts as metrics, report files (trials.csv, plots) as parent artifacts, and ``tags``; waits until
+        all is stored."""
 
         def log() -> None:  # tracking thread
             parent_run_id = self.parent.created.result()
             metrics = [Metric(f"n_{state}", value, now_ms(), 0) for state, value in counts.items()]
-            self.write_batch(parent_run_id, Batch(metrics=metrics))
+            run_tags = [RunTag(key, value) for key, value in (tags or {}).items()]
+            self.write_batch(parent_run_id, Batch(metrics=metrics, tags=run_tags))
             for path in files:
                 self.client.log_artifact(parent_run_id, str(path), artifact_path="report")
 
