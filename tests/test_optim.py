@@ -129,5 +129,5 @@ def test_an_unknown_schedule_names_the_value_and_the_choices():
 
 def test_a_one_cycle_schedule_needs_the_number_of_batches():
     optimizer = build_optimizer("sgd", nn.Linear(2, 2).parameters(), 0.1)
-    with pytest.raises(InvalidArgument, match="one_cycle.*length"):
+    with pytest.raises(InvalidArgument, match=r"one_cycle.*length"):
         build_lr_schedule("one_cycle", optimizer, num_epochs=4)
