@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -64,7 +65,10 @@ def top_configurations(study: optuna.Study, settings: StudySettings, count: int)
 def reevaluate(
     study: optuna.Study, plan: SweepPlan, tracker: Tracker, trials: Sequence[optuna.trial.FrozenTrial]
 ) -> list[Reevaluation]:
-    """Train each of ``trials``' configurations from ``plan.reevaluate_seeds`` new seeds, each run tracked."""
+    """Train each of ``trials``' configurations from ``plan.reevaluate_seeds`` new seeds, each run tracked.
+
+    Like trials, no run starts once the time budget is spent.
+    """
     config = plan.config
     workload = plan.workload
     splits = load_splits(workload, config.training.seed)
@@ -73,7 +77,11 @@ def reevaluate(
     for trial in trials:
         params = params_from_trial(trial.params)
         result = Reevaluation(trial.number)
+        results.append(result)
         for index in range(1, plan.reevaluate_seeds + 1):
+            if plan.deadline is not None and time.time() >= plan.deadline:
+                log.warning("the time budget is spent: no more re-evaluation runs start (the pick uses those done)")
+                return results
             seed = config.training.seed + trial.number + index * SEED_STRIDE
             log.info("re-evaluating trial %d: seed %d (%d of %d)", trial.number, seed, index, plan.reevaluate_seeds)
             run = tracker.start_reevaluation(study.study_name, trial.number, seed, params.as_dict())
@@ -96,7 +104,6 @@ def reevaluate(
             tracker.end_trial(run, TrialOutcome("FINISHED", "COMPLETE"))
             result.seeds.append(seed)
             result.runs.append(measured)
-        results.append(result)
     return results
 
 
