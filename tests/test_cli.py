@@ -183,3 +183,5 @@ def test_help_lists_every_sweep_option(capsys: pytest.CaptureFixture[str]) -> No
     for option in ("--n-trials", "--epochs", "--study-name", "--storage", "--tracking-uri", "--workers", "--device"):
         assert option in output
     assert "--no-tracking" in output
+    for option in ("--time-budget", "--reevaluate", "--seeds", "--study-seed"):
+        assert option in output

@@ -231,3 +231,16 @@ def test_a_resume_with_other_objectives_is_refused_before_any_trial(stores: dict
     ):
         sweep(config, n_trials=1)
     assert len(load_study(stores, "smoke").trials) == 1
+
+
+def test_a_spent_budget_starts_no_re_evaluation_and_the_pick_says_so(stores: dict[str, str]) -> None:
+    sweep(SMOKE, n_trials=2)
+
+    summary = sweep(SMOKE, n_trials=1, time_budget_seconds=0.001, reevaluate_top=2, reevaluate_seeds=2)
+
+    assert summary.budget_spent and summary.counts["complete"] == 2  # no new trial
+    assert summary.reevaluation is None and summary.selection_rule == "the best val_accuracy"
+    client = MlflowClient(stores["tracking_uri"])
+    assert children(client, "smoke", role="reevaluation") == []
+    parent, _ = runs_of(client, "smoke")
+    assert parent.data.tags["trainlib.selection_rule"] == "the best val_accuracy"

@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.request
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -668,3 +669,27 @@ def test_make_server_serves_the_local_store_on_loopback_and_prints_no_password(t
     assert "--port 5099" in custom.stdout and "postgresql+psycopg2://mlflow:***@db.example:5432/mlflow" in custom.stdout
     assert PASSWORD not in custom.stdout + custom.stderr
     assert not (tmp_path / "mlruns").exists(), "a dry run created the store"
+
+
+def test_a_spent_time_budget_leaves_a_dead_workers_retry_for_a_later_command() -> None:
+    from trainlib.sweep.stale_trials import StaleTrialReaper, wait_for_other_trials
+
+    study = optuna.create_study()
+    dead = study.ask()
+    study.tell(dead, state=optuna.trial.TrialState.FAIL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, study.trials[0])
+    retries: list[int] = []
+
+    def run_retry() -> None:
+        retries.append(1)
+        study.optimize(lambda trial: 0.0, n_trials=1)  # runs the waiting retry
+
+    reaper = StaleTrialReaper(study, interval_seconds=3600)  # not started: only its lock is used
+    waiting = {"grace_period": 1, "heartbeat_interval": 1, "run_retry": run_retry}
+
+    assert wait_for_other_trials(study, reaper, **waiting, may_start_trials=lambda: False) is True
+    assert retries == [] and study.trials[-1].state == optuna.trial.TrialState.WAITING  # kept for a rerun
+    assert wait_for_other_trials(study, reaper, **waiting) is True
+    assert retries == [1] and study.trials[-1].state == optuna.trial.TrialState.COMPLETE

@@ -102,6 +102,17 @@ def plot(results: list[dict], path: Path, target: float | None) -> None:
             )
     if target is not None:
         axes.axhline(target * 100, color="grey", linestyle=":", linewidth=1, label=f"target {target:.0%}")
+        below = sum(p[0] < target - 0.05 for result in results for p in result["points"])
+        axes.set_ylim(bottom=(target - 0.05) * 100, top=min(100.0, axes.get_ylim()[1]))
+        if below:
+            axes.text(
+                0.01,
+                0.01,
+                f"{below} trials below {target - 0.05:.0%} not shown",
+                transform=axes.transAxes,
+                fontsize=8,
+                color="grey",
+            )
     axes.set_xlabel("training seconds of the trial (this machine)")
     axes.set_ylabel("best validation accuracy (%)")
     axes.set_title("MNIST-1D CNN: accuracy against training time (circled: the chosen model)")
@@ -117,6 +128,7 @@ def main() -> None:
     parser.add_argument("config", type=Path)
     parser.add_argument("--out", type=Path, default=ROOT / "tools" / "results" / "pareto_pruning.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "figures" / "pareto_front.png")
+    parser.add_argument("--pairs", type=int, default=1, help="pruned/unpruned pairs, alternated (the plot: the first)")
     options = parser.parse_args()
     text = options.config.read_text()
     pruner = re.search(r'^pruner = "(\w+)"', text, re.MULTILINE).group(1)
@@ -124,11 +136,12 @@ def main() -> None:
     unpruned = re.sub(r'^pruner = "\w+"', 'pruner = "none"', text, flags=re.MULTILINE)
     results = []
     with tempfile.TemporaryDirectory(prefix="trainlib-pareto-") as folder:
-        for label, variant, name in ((f"pruner {pruner}", text, "pruned"), ("no pruning", unpruned, "unpruned")):
-            result = run(variant, f"{options.config.stem}-{name}", Path(folder))
-            result["label"] = label
-            results.append(result)
-            print(json.dumps({k: v for k, v in result.items() if k != "points"}), flush=True)
+        for pair in range(1, options.pairs + 1):
+            for label, variant, name in ((f"pruner {pruner}", text, "pruned"), ("no pruning", unpruned, "unpruned")):
+                result = run(variant, f"{options.config.stem}-{name}-{pair}", Path(folder))
+                result.update(label=label, pair=pair)
+                results.append(result)
+                print(json.dumps({k: v for k, v in result.items() if k != "points"}), flush=True)
     record = {
         "config": str(options.config),
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
@@ -139,7 +152,7 @@ def main() -> None:
     }
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps(record, indent=2) + "\n")
-    plot(results, options.plot, float(target.group(1)) if target else None)
+    plot(results[:2], options.plot, float(target.group(1)) if target else None)
     print(f"wrote {options.out} and {options.plot}")
 
 

@@ -126,6 +126,7 @@ def _finish_study(study: optuna.Study, plan: SweepPlan, tracker: Tracker, reaper
         heartbeat_interval=plan.heartbeat_interval,
         run_retry=lambda: run_one_trial(study, plan, tracker),
         before_poll=raise_if_interrupted,
+        may_start_trials=lambda: plan.deadline is None or time.time() < plan.deadline,
     )
 
 

@@ -73,30 +73,15 @@ def summarize(
     chosen, test_accuracy, reevaluation = None, None, None
     tags: dict[str, str] = {}
     if counts["complete"] and report:
-        reevaluations = []
-        if plan.reevaluate_top:
-            top = top_configurations(study, settings, plan.reevaluate_top)
-            reevaluations = reevaluate(study, plan, tracker, top)
-            reevaluation = reevaluation_frame(reevaluations, {t.number: measures_of(t) for t in top})
-        chosen = choose_trial(study, settings, reevaluations)
-        # First: the tracking thread logs the model while the report is drawn.
-        test_accuracy = score_best_model(chosen, plan, tracker)
-        tracker.annotate_runs(run_notes(study, settings, reevaluations))
-        tags = {"trainlib.selection_rule": selection_rule(settings, bool(reevaluations))}
+        chosen, test_accuracy, reevaluation = pick_and_test(study, plan, tracker)
+        tags["trainlib.selection_rule"] = selection_rule(settings, reevaluation is not None)
     elif counts["complete"] and not settings.multi_objective:
         chosen = study.best_trial  # for the summary only: the reporting command picks and logs the model
     if budget_spent:
         tags["trainlib.stopped_by"] = f"time budget of {plan.time_budget_seconds:g} s"
     with tempfile.TemporaryDirectory(prefix="trainlib-report-") as folder_name:
-        folder = Path(folder_name)
-        files: list[Path] = []
-        if len(frame) and report:
-            files.append(write_csv(frame, folder / "trials.csv"))
-            if front is not None:
-                files.append(write_csv(front, folder / "pareto_front.csv"))
-            if reevaluation is not None:
-                files.append(write_csv(reevaluation, folder / "reevaluation.csv"))
-            files.extend(plot_study(study, folder, settings.quality_metric if settings.multi_objective else None))
+        tables = {"trials": frame, "pareto_front": front, "reevaluation": reevaluation}
+        files = write_report_files(study, settings, tables, Path(folder_name)) if len(frame) and report else []
         tracker.log_summary(counts, files, tags)
     quality_index = settings.metric_names.index(settings.quality_metric)
     return SweepSummary(
@@ -116,6 +101,38 @@ def summarize(
         reevaluation=reevaluation,
         budget_spent=budget_spent,
     )
+
+
+def pick_and_test(
+    study: optuna.Study, plan: SweepPlan, tracker: Tracker
+) -> tuple[optuna.trial.FrozenTrial, float | None, pd.DataFrame | None]:
+    """Re-evaluate (if asked), pick the model, test it once; annotate the trial runs. Chosen trial, test accuracy,
+    the re-evaluation table."""
+    settings = plan.config.study
+    reevaluations, reevaluation = [], None
+    if plan.reevaluate_top:
+        top = top_configurations(study, settings, plan.reevaluate_top)
+        reevaluations = [result for result in reevaluate(study, plan, tracker, top) if result.runs]
+        if reevaluations:  # none when the time budget was spent before the first run
+            reevaluation = reevaluation_frame(reevaluations, {trial.number: measures_of(trial) for trial in top})
+    chosen = choose_trial(study, settings, reevaluations)
+    test_accuracy = score_best_model(chosen, plan, tracker)  # the tracking thread logs it while the report is drawn
+    tracker.annotate_runs(run_notes(study, settings, reevaluations))
+    return chosen, test_accuracy, reevaluation
+
+
+def write_report_files(
+    study: optuna.Study, settings: StudySettings, tables: dict[str, pd.DataFrame | None], folder: Path
+) -> list[Path]:
+    """The report's tables as CSV files (those that exist) and Optuna's plots as PNG files, in ``folder``."""
+    files = []
+    for name, table in tables.items():
+        if table is not None:
+            path = folder / f"{name}.csv"
+            table.to_csv(path, index=False)
+            files.append(path)
+    files.extend(plot_study(study, folder, settings.quality_metric if settings.multi_objective else None))
+    return files
 
 
 def trials_table(trials: list[optuna.trial.FrozenTrial], settings: StudySettings) -> pd.DataFrame:
@@ -195,11 +212,6 @@ def run_notes(study: optuna.Study, settings: StudySettings, reevaluations: list[
         if tags or metrics:
             notes[run_id] = RunNote(tags=tags, metrics=metrics)
     return notes
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    frame.to_csv(path, index=False)
-    return path
 
 
 def plot_study(study: optuna.Study, folder: Path, quality: str | None = None) -> list[Path]:

@@ -177,12 +177,14 @@ def wait_for_other_trials(
     run_retry: Callable[[], None],
     before_poll: Callable[[], None] = lambda: None,
     poll_seconds: float = POLL_SECONDS,
+    may_start_trials: Callable[[], bool] = lambda: True,
 ) -> bool:
     """Wait for the trials other commands are running; run retries of dead ones. True: this command is the last.
 
     Returns False as soon as another command shows it is alive (a watched trial completes or is pruned, or a
     trial starts), or when a watched trial still runs after ``grace_period`` plus a margin (its heartbeat is
-    fresh). ``run_retry`` runs one waiting trial in this command; ``before_poll`` may raise to stop waiting.
+    fresh). ``run_retry`` runs one waiting trial in this command, unless ``may_start_trials`` says no (the time
+    budget is spent: the retry waits for a later command); ``before_poll`` may raise to stop waiting.
     """
     while True:
         watched = _numbers(study, TrialState.RUNNING)
@@ -200,7 +202,8 @@ def wait_for_other_trials(
             running = {number for number, now in state.items() if now == TrialState.RUNNING}
             if running - watched:
                 return False  # a live worker started a trial (a retry of a dead one, perhaps)
-            if any(t.state == TrialState.WAITING and retried_trial_number(t) is not None for t in trials):
+            retries = any(t.state == TrialState.WAITING and retried_trial_number(t) is not None for t in trials)
+            if retries and may_start_trials():
                 break
             if not running:
                 return True
