@@ -43,10 +43,6 @@ class Objective(StrictModel):
             raise ValueError(f"metric {self.metric!r} is optimised with direction {METRICS[self.metric]!r}")
         return self
 
-    @property
-    def maximize(self) -> bool:
-        return METRICS[self.metric] == "maximize"
-
 
 class StudySettings(StrictModel):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
