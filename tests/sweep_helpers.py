@@ -11,6 +11,7 @@ import optuna
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
+from trainlib.sweep import SweepSummary, load_config, plan_sweep, run_sweep
 from trainlib.sweep.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,3 +57,8 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
 
 def cli_env(stores: dict[str, str]) -> dict[str, str]:
     return {**os.environ, "TRAINLIB_MLRUNS_DIR": stores["mlruns"], "PYTHONUNBUFFERED": "1"}
+
+
+def sweep(config: Path, **options: object) -> SweepSummary:
+    """`trainlib sweep CONFIG` in this process (options as plan_sweep takes them), without a progress bar."""
+    return run_sweep(plan_sweep(load_config(config), config, **options), show_progress=False)

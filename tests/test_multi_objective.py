@@ -12,10 +12,10 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
-from sweep_helpers import HANG_SECONDS, SMOKE, cli, cli_env, load_study, runs_of
+from sweep_helpers import HANG_SECONDS, SMOKE, cli, cli_env, load_study, runs_of, sweep
 
 from trainlib.errors import InvalidArgument
-from trainlib.sweep import load_config, plan_sweep, run_sweep
+from trainlib.sweep import load_config
 from trainlib.sweep.curve_pruning import CURVE_ATTR
 from trainlib.sweep.front import candidates_of, pick_fastest_accurate
 from trainlib.sweep.storage import open_storage
@@ -35,10 +35,6 @@ def study_file(folder: Path, search: str = "", epochs: int = 3, **study: str) ->
     path = folder / f"{study['name'].strip(chr(34))}.toml"
     path.write_text(f"{table}\n{rest}")
     return path
-
-
-def sweep(config: Path, **options: object):
-    return run_sweep(plan_sweep(load_config(config), config, **options), show_progress=False)
 
 
 def enqueue(stores: dict[str, str], name: str, metrics: list[str], *params: dict) -> None:

@@ -9,16 +9,11 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
-from sweep_helpers import HANG_SECONDS, SMOKE, cli, cli_env, load_study, runs_of, write_config
+from sweep_helpers import HANG_SECONDS, SMOKE, cli, cli_env, load_study, runs_of, sweep, write_config
 
-from trainlib.sweep import load_config, plan_sweep, run_sweep
+from trainlib.sweep import load_config, plan_sweep
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second")
-
-
-def sweep(config: Path, **options: object) -> object:
-    plan = plan_sweep(load_config(config), config, **options)
-    return run_sweep(plan, show_progress=False)
 
 
 def test_sweep_records_parent_and_child_runs(stores: dict[str, str], tmp_path: Path) -> None:
