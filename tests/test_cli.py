@@ -29,6 +29,7 @@ def smoke_with(tmp_path: Path, old: str, new: str) -> str:
     return str(path)
 
 
+CPU = 'device = "cpu"'  # smoke.toml's [training] device line, where training keys are added
 ONE = 'direction = "maximize"\nmetric = "val_accuracy"'  # smoke.toml's one objective
 
 
@@ -42,7 +43,7 @@ BAD_CONFIGS = [
     ("unknown pruner", ('pruner = "none"', 'pruner = "asha"'), [], ["study.pruner", "'asha'", "median", "hyperband"]),
     ("unknown optimizer", ('["sgd", "adam"]', '["sgd", "lbfgs"]'), [], ["search.optimizer", "'lbfgs'", "rmsprop"]),
     ("unknown dataset", ('dataset = "digits"', 'dataset = "cifar"'), [], ["data.dataset", "'cifar'", "mnist1d"]),
-    ("unknown model", ('name = "mlp"', 'name = "resnet"'), [], ["model.name", "'resnet'", "cnn1d"]),
+    ("unknown model", ('name = "mlp"', 'name = "vit"'), [], ["model.name", "'vit'", "cnn1d", "resnet"]),
     ("batch size not a power of two", ("[32, 64]", "[32, 48]"), [], ["search.batch_size", "48", "powers of two"]),
     ("lr range reversed", ("low = 1e-3, high = 3e-2", "low = 3e-2, high = 1e-3"), [], ["search.lr", "below"]),
     ("negative lr", ("low = 1e-3", "low = -1e-3"), [], ["search.lr.low", "-0.001", "greater than 0"]),
@@ -100,6 +101,24 @@ BAD_CONFIGS = [
     ("text dropout", ("hidden_sizes = [32]", 'hidden_sizes = [32]\ndropout = "0.1"'), [], ["dropout", "number"]),
     ("infinite lr", ("high = 3e-2", "high = inf"), [], ["search.lr.high", "finite"]),
     ("study name too long", ('name = "smoke"', f'name = "{"s" * 300}"'), [], ["study.name", "200 characters"]),
+    # Speed knobs.
+    ("unknown precision", (CPU, CPU + '\nprecision = "fp8"'), [], ["training.precision", "'fp8'", "bf16", "fp16"]),
+    ("unknown drawn precision", ("[32, 64]", '[32, 64]\nprecision = ["fp32", "int8"]'), [], ["search.precision"]),
+    ("compile as text", (CPU, CPU + '\ncompile = "yes"'), [], ["training.compile", "valid boolean"]),
+    ("unknown compile mode", (CPU, CPU + '\ncompile_mode = "fast"'), [], ["compile_mode", "reduce-overhead"]),
+    ("channels_last without Conv2d", (CPU, CPU + "\nchannels_last = true"), [], ["channels_last", "2-D convolutions"]),
+    (
+        "drawn channels_last without Conv2d",
+        ("[32, 64]", "[32, 64]\nchannels_last = [false, true]"),
+        [],
+        ["channels_last", "2-D convolutions"],
+    ),
+    (
+        "resnet on flat samples",
+        ('name = "mlp"\nhidden_sizes = [32]', 'name = "resnet"'),
+        [],
+        ["(channels, height, width)"],
+    ),
     # Checks that need the dataset, still before any store is opened.
     ("tiny val_fraction", ("num_workers = 0", "num_workers = 0\nval_fraction = 0.0001"), [], ["val_fraction"]),
     ("val_fraction near 1", ("num_workers = 0", "num_workers = 0\nval_fraction = 0.9999"), [], ["val_fraction"]),

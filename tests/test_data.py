@@ -201,7 +201,7 @@ def test_mnist1d_rejects_a_non_positive_sample_count(num_samples, tmp_path, monk
 
 
 def test_digits_rejects_num_samples():
-    with pytest.raises(ValueError, match="mnist1d only"):
+    with pytest.raises(ValueError, match="num_samples applies to mnist1d, shapes"):
         load_dataset("digits", num_samples=100)
 
 

@@ -1,5 +1,7 @@
 """Tests for trainlib.models: shapes, the options each model takes, and clear errors for the rest."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -49,19 +51,32 @@ def test_cnn1d_accepts_an_explicit_channel_dimension():
     assert torch.equal(model(inputs), model(inputs.unsqueeze(1)))
 
 
+# A sample shape and options for each built-in model (every option that adds parameters switched on).
+EXAMPLES = {
+    "mlp": ((40,), {"dropout": 0.1, "batch_norm": True}),
+    "cnn1d": ((40,), {"dropout": 0.1, "batch_norm": True}),
+    "resnet": ((3, 16, 16), {"channels": [8, 16], "blocks": 2}),
+}
+
+
+def test_every_built_in_model_has_an_example() -> None:
+    assert set(EXAMPLES) == set(MODEL_NAMES)
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_parameter_gets_a_gradient(name):
-    model = build_model(name, 40, 4, dropout=0.1, batch_norm=True)
+    shape, options = EXAMPLES[name]
+    model = build_model(name, shape, 4, **options)
 
-    nn.functional.cross_entropy(model(torch.randn(6, 40)), torch.tensor([0, 1, 2, 3, 0, 1])).backward()
+    nn.functional.cross_entropy(model(torch.randn(6, *shape)), torch.tensor([0, 1, 2, 3, 0, 1])).backward()
 
     for param_name, param in model.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, param_name
 
 
 def test_unknown_model_names_the_value_and_the_choices():
-    with pytest.raises(ValueError, match="resnet") as raised:
-        build_model("resnet", 64, 10)
+    with pytest.raises(ValueError, match="vit") as raised:
+        build_model("vit", 64, 10)
 
     for choice in MODEL_NAMES:
         assert choice in str(raised.value)
@@ -99,3 +114,26 @@ def test_unknown_model_options_are_rejected_with_the_accepted_ones(name, options
 def test_bad_model_option_values_are_rejected(name, options, fragment):
     with pytest.raises(InvalidArgument, match=fragment):
         build_model(name, 40, 10, **options)
+
+
+def test_resnet_halves_the_resolution_per_stage_and_counts_its_blocks() -> None:
+    resnet8 = build_model("resnet", (3, 32, 32), 10)
+    resnet20 = build_model("resnet", (3, 32, 32), 10, blocks=3)
+
+    assert resnet8(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert resnet8.stages(resnet8.stem(torch.randn(1, 3, 32, 32))).shape == (1, 64, 8, 8)
+    assert len(resnet8.stages) == 3 and len(resnet20.stages) == 9
+    assert sum(p.numel() for p in resnet20.parameters()) == 272_474  # ResNet-20 for CIFAR-10: 0.27M (He et al.)
+
+
+@pytest.mark.parametrize(
+    ("shape", "options", "words"),
+    [
+        ((40,), {}, "(channels, height, width)"),
+        ((3, 8, 8), {"blocks": 0}, "blocks must be a positive integer"),
+        ((3, 8, 8), {"dropout": 0.1}, "does not take dropout; it accepts: channels, blocks"),
+    ],
+)
+def test_resnet_refuses_signals_and_bad_blocks_in_one_line(shape, options, words) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(words)):
+        build_model("resnet", shape, 10, **options)

@@ -1,4 +1,4 @@
-"""Datasets (digits, MNIST-1D) and loaders, with nothing fetched at run time."""
+"""Datasets (digits, MNIST-1D, shapes) and loaders, with nothing fetched at run time."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,16 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from trainlib.device import resolve_device
 from trainlib.errors import InvalidArgument, check_choice, check_positive_int
 
-DATASET_NAMES: tuple[str, ...] = ("digits", "mnist1d")
+DATASET_NAMES: tuple[str, ...] = ("digits", "mnist1d", "shapes")
+SIZED_DATASETS: tuple[str, ...] = ("mnist1d", "shapes")  # those generated here, whose num_samples may be chosen
 LOADER_KINDS: tuple[str, ...] = ("auto", "batched", "torch")
 NUM_CLASSES = 10
 # MNIST-1D as the mnist1d package generates it by default: 5,000 samples (4,000 train, 1,000 test), seed 42.
 MNIST1D_SAMPLES = 5000
 MNIST1D_SEED = 42
+# Shapes (trainlib.shapes): 10,000 CIFAR-shaped images by default, 2,000 of them the fixed test part.
+SHAPES_SAMPLES = 10000
+SHAPES_SEED = 42
 # The held-out test part of a dataset without its own (digits) is split off with this fixed seed, so every
 # study reports test accuracy on the same samples; ``seed`` (training.seed) only decides the train/val split.
 TEST_SPLIT_SEED = 0
@@ -67,17 +71,43 @@ def mnist1d_arrays(num_samples: int = MNIST1D_SAMPLES, seed: int = MNIST1D_SEED)
     args.update(num_samples=int(num_samples), seed=int(seed))
     args.pop("url")  # the package's download URL is never used: we generate
     key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir() / f"mnist1d-{num_samples}-{seed}-{key}.npz"
+
+    def generate() -> dict[str, np.ndarray]:
+        generated = make_dataset(_ArgsView(args))
+        return {name: np.asarray(generated[name]) for name in ("x", "y", "x_test", "y_test")}
+
+    return cached_arrays(f"mnist1d-{num_samples}-{seed}-{key}", generate)
+
+
+def shapes_images(num_samples: int = SHAPES_SAMPLES, seed: int = SHAPES_SEED) -> dict[str, np.ndarray]:
+    """The shapes dataset (trainlib.shapes) as uint8 images 'x' (N, 3, 32, 32) and labels 'y', cached."""
+    check_positive_int("num_samples", num_samples)
+    from trainlib.shapes import shapes_arrays
+
+    def generate() -> dict[str, np.ndarray]:
+        images, labels = shapes_arrays(int(num_samples), int(seed))
+        return {"x": images, "y": labels}
+
+    return cached_arrays(f"shapes-{num_samples}-{seed}-v1", generate)
+
+
+def cached_arrays(name: str, generate: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays cached as ``name``.npz (no pickle) under cache_dir(); ``generate`` makes them on first use."""
+    path = cache_dir() / f"{name}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as cached:
-            return {name: cached[name] for name in cached.files}
-    generated = make_dataset(_ArgsView(args))
-    arrays = {name: np.asarray(generated[name]) for name in ("x", "y", "x_test", "y_test")}
+            return {key: cached[key] for key in cached.files}
+    arrays = generate()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(partial, **arrays)
     os.replace(partial, path)  # atomic: concurrent workers never read a half-written file
     return arrays
+
+
+def image_floats(images: np.ndarray) -> np.ndarray:
+    """uint8 images as float32 centred near 0 with unit-order spread ((x / 255 - 0.5) / 0.25)."""
+    return ((images.astype(np.float32) / 255.0) - 0.5) / 0.25
 
 
 class _ArgsView:
@@ -120,12 +150,18 @@ def check_split_sizes(num_samples: int, num_classes: int, val_fraction: float, p
 def load_dataset(
     name: str, *, seed: int = 0, val_fraction: float = 0.2, num_samples: int | None = None
 ) -> DatasetSplits:
-    """Load ``name`` ('digits', 'mnist1d'): a test part fixed by the dataset, a train/val split drawn with ``seed``."""
+    """Load ``name`` (digits, mnist1d, shapes): a test part fixed by the dataset, a train/val split drawn with ``seed``.
+
+    ``num_samples`` sizes the generated datasets (mnist1d: 80% train+val, 20% test; shapes: likewise).
+    """
     check_choice("dataset", name, DATASET_NAMES)
+    if name == "shapes":
+        images = shapes_images(SHAPES_SAMPLES if num_samples is None else num_samples)
+        return splits_from_arrays(image_floats(images["x"]), images["y"], seed=seed, val_fraction=val_fraction)
     if name == "digits":
         if num_samples is not None:
             raise InvalidArgument(
-                "dataset 'digits' has a fixed size (1,797 samples); num_samples applies to mnist1d only"
+                f"dataset 'digits' has a fixed size (1,797 samples); num_samples applies to {', '.join(SIZED_DATASETS)}"
             )
         from sklearn.datasets import load_digits
 

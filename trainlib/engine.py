@@ -14,6 +14,7 @@ from torch import nn
 from trainlib.device import resolve_device, synchronize
 from trainlib.errors import check_positive, check_positive_int
 from trainlib.optim import BATCH_SCHEDULES, build_lr_schedule, build_optimizer
+from trainlib.speed import FP32_EAGER, SpeedKnobs
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,19 @@ def train_one_epoch(
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     device: str | torch.device,
+    *,
+    speed: SpeedKnobs = FP32_EAGER,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
-    """Train ``model`` for one pass over ``loader``; return the mean loss per sample."""
-    mean_loss, _ = _train_epoch(model, loader, criterion, optimizer, resolve_device(device))
+    """Train ``model`` for one pass over ``loader``; return the mean loss per sample.
+
+    ``speed`` sets the autocast precision and the input memory format (``model`` is already prepared with
+    ``speed.prepare``); with fp16 pass the same ``scaler`` every epoch (one is made when None).
+    """
+    device = resolve_device(device)
+    if scaler is None:
+        scaler = speed.grad_scaler(device)
+    mean_loss, _ = _train_epoch(model, loader, criterion, optimizer, device, speed=speed, scaler=scaler)
     return mean_loss
 
 
@@ -115,17 +126,26 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     batch_schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+    *,
+    speed: SpeedKnobs = FP32_EAGER,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, int]:
     model.train()
     total_loss = torch.zeros((), device=device)  # summed on the device: no host sync per step
     samples = 0
     for inputs, targets in loader:
-        inputs = inputs.to(device, non_blocking=True)
+        inputs = speed.inputs_to(inputs, device)
         targets = targets.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        loss = criterion(model(inputs), targets)
-        loss.backward()
-        optimizer.step()
+        with speed.autocast(device):
+            loss = criterion(model(inputs), targets)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # fp16: scaled backward, unscaled step skipped when a gradient overflowed
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         if batch_schedule is not None:
             batch_schedule.step()
         total_loss += loss.detach() * targets.shape[0]
@@ -135,19 +155,29 @@ def _train_epoch(
 
 @torch.inference_mode()
 def evaluate_model(
-    model: nn.Module, loader: Iterable[Any], criterion: nn.Module, device: str | torch.device
+    model: nn.Module,
+    loader: Iterable[Any],
+    criterion: nn.Module,
+    device: str | torch.device,
+    *,
+    speed: SpeedKnobs = FP32_EAGER,
 ) -> tuple[float, float]:
-    """Return (mean loss per sample, accuracy) of ``model`` on ``loader``, in eval mode, without autograd."""
+    """Return (mean loss per sample, accuracy) of ``model`` on ``loader``, in eval mode, without autograd.
+
+    ``speed`` sets the autocast precision and input memory format, as in training.
+    """
     device = resolve_device(device)
     model.eval()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     samples = 0
     for inputs, targets in loader:
-        inputs = inputs.to(device, non_blocking=True)
+        inputs = speed.inputs_to(inputs, device)
         targets = targets.to(device, non_blocking=True)
-        outputs = model(inputs)
-        total_loss += criterion(outputs, targets) * targets.shape[0]
+        with speed.autocast(device):
+            outputs = model(inputs)
+            loss = criterion(outputs, targets)
+        total_loss += loss.float() * targets.shape[0]
         correct += (outputs.argmax(dim=1) == targets).sum()
         samples += targets.shape[0]
     if samples == 0:
@@ -169,6 +199,11 @@ def train_model(
     optimizer_options: dict[str, Any] | None = None,
     divergence_threshold: float | None = None,
     lr_schedule: str = "constant",
+    precision: str = "fp32",
+    compile: bool = False,
+    compile_mode: str = "default",
+    channels_last: bool = False,
+    cudnn_benchmark: bool = False,
 ) -> History:
     """Train for up to ``num_epochs``, evaluating after each; return the History.
 
@@ -178,11 +213,18 @@ def train_model(
     ``divergence_threshold`` (a dead network can keep a huge loss finite forever). ``lr_schedule``
     'cosine' anneals the learning rate from ``lr`` to 0 over ``num_epochs`` (stepped after each epoch);
     'one_cycle' warms up to ``lr`` and anneals over every batch of ``num_epochs`` (the loader needs a length).
+
+    Speed knobs (trainlib.speed.SpeedKnobs): ``precision`` 'bf16'/'fp16' trains under torch.autocast (fp16 with
+    a gradient scaler); ``compile`` trains torch.compile(model, mode=``compile_mode``) (its compile time falls in
+    the first epochs' epoch_seconds); ``channels_last`` stores 2-D convolution inputs and weights NHWC;
+    ``cudnn_benchmark`` sets torch.backends.cudnn.benchmark on CUDA. ``model`` itself holds the trained weights.
     """
     check_positive_int("num_epochs", num_epochs)
     check_positive("lr", lr)
     device = resolve_device(device)
-    model.to(device)
+    speed = SpeedKnobs(precision, compile, compile_mode, channels_last, cudnn_benchmark)
+    runnable = speed.prepare(model, device)  # checks the knobs against the device and model first
+    scaler = speed.grad_scaler(device)
     criterion = criterion or nn.CrossEntropyLoss()
     if isinstance(optimizer, str):
         optimizer = build_optimizer(optimizer, model.parameters(), lr, **(optimizer_options or {}))
@@ -194,14 +236,16 @@ def train_model(
     for epoch in range(1, num_epochs + 1):
         synchronize(device)
         started = time.perf_counter()
-        train_loss, samples = _train_epoch(model, train_loader, criterion, optimizer, device, batch_schedule)
+        train_loss, samples = _train_epoch(
+            runnable, train_loader, criterion, optimizer, device, batch_schedule, speed=speed, scaler=scaler
+        )
         synchronize(device)
         epoch_seconds = time.perf_counter() - started
         if schedule is not None and not each_batch:
             schedule.step()
         if not math.isfinite(train_loss) or (divergence_threshold is not None and train_loss > divergence_threshold):
             raise TrainingDiverged(epoch, train_loss, divergence_threshold)
-        val_loss, val_accuracy = evaluate_model(model, val_loader, criterion, device)
+        val_loss, val_accuracy = evaluate_model(runnable, val_loader, criterion, device, speed=speed)
         result = EpochResult(
             epoch=epoch,
             train_loss=train_loss,

@@ -72,9 +72,59 @@ class CNN1D(nn.Module):
         return self.head(self.features(x))
 
 
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 convolutions with batch norm, added to a (projected) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style ResNet (He et al. 2016, section 4.2) for (batch, channels, height, width) images.
+
+    A 3x3 stem, one stage per entry of ``channels`` (the first at full resolution, each later one halving it)
+    of ``blocks`` basic blocks, global average pooling and a linear head. channels (16, 32, 64) with 1 block
+    per stage is ResNet-8 (78k parameters); 3 blocks per stage is ResNet-20.
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, channels: Sequence[int] = (16, 32, 64), blocks: int = 1
+    ) -> None:
+        super().__init__()
+        width = channels[0]
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        stages: list[nn.Module] = []
+        for index, out_channels in enumerate(channels):
+            for block in range(blocks):
+                stride = 2 if index > 0 and block == 0 else 1
+                stages.append(BasicBlock(width, out_channels, stride))
+                width = out_channels
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
 MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     "mlp": ("hidden_sizes", "dropout", "batch_norm"),
     "cnn1d": ("channels", "kernel_size", "dropout", "batch_norm"),
+    "resnet": ("channels", "blocks"),
 }
 
 
@@ -101,6 +151,9 @@ def _check_builtin_options(name: str, options: dict[str, Any]) -> None:
         sizes = options.get(key, [1])
         if not isinstance(sizes, (list, tuple)) or not sizes or not all(_is_int(v) and v > 0 for v in sizes):
             raise InvalidArgument(f"{key} must be a non-empty list of positive integers, got {sizes!r}")
+    blocks = options.get("blocks", 1)
+    if not _is_int(blocks) or blocks < 1:
+        raise InvalidArgument(f"blocks must be a positive integer, got {blocks!r}")
     kernel_size = options.get("kernel_size", 1)
     if not _is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
         raise InvalidArgument(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
@@ -124,8 +177,21 @@ def cnn1d(input_shape: tuple[int, ...], num_classes: int, **options: Any) -> nn.
     return CNN1D(length, num_classes, in_channels=in_channels, **options)
 
 
+def resnet(input_shape: tuple[int, ...], num_classes: int, **options: Any) -> nn.Module:
+    """The built-in CIFAR-style ResNet for images of shape (channels, height, width)."""
+    _check_builtin_options("resnet", options)
+    if len(input_shape) != 3:
+        raise InvalidArgument(
+            f"model 'resnet' takes images of shape (channels, height, width), not {input_shape}; "
+            "use 'cnn1d' or 'mlp' for signals and flat features"
+        )
+    return ResNet(input_shape[0], num_classes, **options)
+
+
 # The registry: built-in names are entries beside which a study may name its own "package.module:function".
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn1d": cnn1d}
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn1d": cnn1d, "resnet": resnet}
+# A sample shape each built-in model takes, to check a study's model options before its data is loaded.
+EXAMPLE_INPUT_SHAPES: dict[str, tuple[int, ...]] = {"mlp": (64,), "cnn1d": (64,), "resnet": (3, 32, 32)}
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
 
 

@@ -33,7 +33,7 @@ from trainlib.sweep.workers import (
     run_workers,
 )
 from trainlib.tracking import Tracker, environment_tags
-from trainlib.workload import check_workload, provenance
+from trainlib.workload import build_workload_model, check_workload, provenance
 
 __all__ = [
     "SweepConfig",
@@ -62,6 +62,7 @@ def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
     workload = plan.workload
     try:  # mistakes in the data or the model (the user's own too), found before any store is opened
         splits = check_workload(workload, config.training.seed)
+        config.check_speed_on(build_workload_model(workload, splits))
     except InvalidArgument as error:
         raise InvalidArgument(f"{plan.config_file}: {error}") from None
     if plan.n_trials == 0:

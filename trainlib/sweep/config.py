@@ -6,15 +6,17 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainlib.data import DATASET_NAMES
+from trainlib.data import DATASET_NAMES, SIZED_DATASETS
 from trainlib.data_files import DATA_FILE_SUFFIXES, TABLE_SUFFIXES
 from trainlib.device import resolve_device
 from trainlib.errors import InvalidArgument
-from trainlib.models import MODEL_NAMES, build_model
+from trainlib.models import EXAMPLE_INPUT_SHAPES, MODEL_NAMES, build_model
 from trainlib.optim import LR_SCHEDULES
-from trainlib.sweep.search import PRUNER_NAMES, SAMPLER_NAMES, SearchSpace, StrictModel
+from trainlib.speed import COMPILE_MODES, PRECISIONS, SpeedKnobs, check_speed
+from trainlib.sweep.search import PRUNER_NAMES, SAMPLER_NAMES, SEARCHABLE_KNOBS, SearchSpace, StrictModel
 from trainlib.workload import DATA_KINDS, Workload, workload_from_sections
 
 # What a study may optimise, each with the only direction that makes sense. The quality metrics are measured
@@ -141,8 +143,10 @@ class DataSettings(StrictModel):
             )
         if self.factory is None and self.model_extra:
             raise ValueError(f"unknown key {next(iter(self.model_extra))!r}: only a data factory takes keys of its own")
-        if self.num_samples is not None and self.dataset not in (None, "mnist1d"):
-            raise ValueError("num_samples applies to dataset 'mnist1d' (or a factory that takes it)")
+        if self.num_samples is not None and self.dataset not in (None, *SIZED_DATASETS):
+            raise ValueError(
+                f"num_samples applies to datasets {', '.join(SIZED_DATASETS)} (or a factory that takes it)"
+            )
         if self.path is not None and not self.path.lower().endswith(DATA_FILE_SUFFIXES):
             raise ValueError(f"path {self.path!r}: unknown file type; use one of {', '.join(DATA_FILE_SUFFIXES)}")
         tables = self.path is not None and self.path.lower().endswith(TABLE_SUFFIXES)
@@ -167,7 +171,7 @@ class ModelSettings(StrictModel):
         if self.name is None:
             return self  # a factory's options are checked against its signature once its data is loaded
         try:  # building a throwaway copy checks every option with the factory's own rules
-            build_model(self.name, 64, 10, **self.options())
+            build_model(self.name, EXAMPLE_INPUT_SHAPES[self.name], 10, **self.options())
         except InvalidArgument as error:
             raise ValueError(str(error)) from None
         return self
@@ -184,6 +188,12 @@ class TrainingSettings(StrictModel):
     lr_schedule: Literal[LR_SCHEDULES] = "constant"  # type: ignore[valid-type]  (or drawn: search.lr_schedule)
     device: str = "auto"
     seed: int = 0
+    # Speed knobs (trainlib.speed); precision, compile and channels_last may be drawn instead ([search]).
+    precision: Literal[PRECISIONS] = "fp32"  # type: ignore[valid-type]
+    compile: bool = False
+    compile_mode: Literal[COMPILE_MODES] = "default"  # type: ignore[valid-type]
+    channels_last: bool = False
+    cudnn_benchmark: bool = False  # CUDA only: cuDNN times its algorithms per input shape (not bit-reproducible)
 
     @field_validator("device")
     @classmethod
@@ -203,13 +213,39 @@ class SweepConfig(StrictModel):
     search: SearchSpace
 
     @model_validator(mode="after")
-    def _memory_is_measured(self) -> SweepConfig:
+    def _device_can_run_it(self) -> SweepConfig:
         device = resolve_device(self.training.device)
         if "peak_memory_mb" in self.study.metric_names and device.type != "cuda":
             raise ValueError(
                 f"objective peak_memory_mb is measured on CUDA devices only; training.device resolves to {device} here"
             )
+        for knobs in self.speed_choices():
+            try:
+                check_speed(knobs, device)
+            except InvalidArgument as error:
+                raise ValueError(str(error)) from None
         return self
+
+    def speed_knobs(self, drawn: dict[str, Any] | None = None) -> SpeedKnobs:
+        """The speed knobs a trial trains with: [training]'s, with the ones its search drew (``drawn``) instead."""
+        training = self.training
+        fixed = {name: getattr(training, name) for name in SpeedKnobs.__dataclass_fields__}
+        return SpeedKnobs(**{**fixed, **(drawn or {})})
+
+    def check_speed_on(self, model: torch.nn.Module) -> None:
+        """InvalidArgument when a knob the study may use cannot apply to ``model`` (channels_last without Conv2d)."""
+        device = resolve_device(self.training.device)
+        for knobs in self.speed_choices():
+            check_speed(knobs, device, model)
+
+    def speed_choices(self) -> list[SpeedKnobs]:
+        """Every combination of speed knobs a trial may draw (one when nothing is searched)."""
+        combinations: list[dict[str, Any]] = [{}]
+        for name in SEARCHABLE_KNOBS:
+            choices = getattr(self.search, name)
+            if choices is not None:
+                combinations = [{**combination, name: choice} for combination in combinations for choice in choices]
+        return [self.speed_knobs(combination) for combination in combinations]
 
     def workload(self, base_dir: Path | None) -> Workload:
         """The model and data this study trains; ``base_dir`` is the study file's folder."""
@@ -265,7 +301,7 @@ def validate_config(raw: dict[str, Any], source: str = "<config>") -> SweepConfi
 def describe_validation_error(error: ValidationError, source: str) -> str:
     """One line: source, dotted key, the message and the bad value (plus how many more problems there are)."""
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in first["loc"])  # empty for checks across tables (the message names keys)
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
@@ -276,4 +312,4 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
         value = ""
     more = len(error.errors()) - 1
     suffix = f"; and {more} more problem{'s' if more > 1 else ''}" if more else ""
-    return f"{source}: {key}: {message}{value}{suffix}"
+    return f"{source}: {key + ': ' if key else ''}{message}{value}{suffix}"

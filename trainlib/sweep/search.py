@@ -11,6 +11,7 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trainlib.optim import LR_SCHEDULES, OPTIMIZER_NAMES, optimizer_options
+from trainlib.speed import PRECISIONS
 
 
 def _quietly(factory: Callable[..., Any], **options: Any) -> Any:
@@ -36,6 +37,7 @@ PRUNERS: dict[str, Callable[[int, int], optuna.pruners.BasePruner]] = {
     ),
 }
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
+SEARCHABLE_KNOBS: tuple[str, ...] = ("precision", "compile", "channels_last")  # speed knobs [search] may draw
 PRUNER_NAMES: tuple[str, ...] = tuple(PRUNERS)
 
 
@@ -83,6 +85,10 @@ class SearchSpace(StrictModel):
     nesterov: bool = False
     weight_decay: FloatRange | None = None
     lr_schedule: list[Literal[LR_SCHEDULES]] | None = Field(None, min_length=1)  # type: ignore[valid-type]
+    # Speed knobs a trial may draw (otherwise [training] fixes them): the trade-off a study can then see.
+    precision: list[Literal[PRECISIONS]] | None = Field(None, min_length=1)  # type: ignore[valid-type]
+    compile: list[bool] | None = Field(None, min_length=1)
+    channels_last: list[bool] | None = Field(None, min_length=1)
 
     @field_validator("batch_size")
     @classmethod
@@ -94,7 +100,7 @@ class SearchSpace(StrictModel):
             raise ValueError(f"batch sizes must not repeat, got {sizes}")
         return sizes
 
-    @field_validator("optimizer", "lr_schedule")
+    @field_validator("optimizer", "lr_schedule", "precision", "compile", "channels_last")
     @classmethod
     def _unique(cls, names: list[str] | None) -> list[str] | None:
         if names is not None and len(set(names)) != len(names):
@@ -111,9 +117,10 @@ class TrialParams:
     optimizer: str
     optimizer_options: dict[str, Any] = field(default_factory=dict)
     lr_schedule: str | None = None  # None: the study's fixed training.lr_schedule
+    speed: dict[str, Any] = field(default_factory=dict)  # drawn speed knobs (precision, ...); others: [training]
 
     def as_dict(self) -> dict[str, Any]:
-        """Flat, as Optuna names them (lr, batch_size, optimizer, momentum, ..., lr_schedule): for logging."""
+        """Flat, as Optuna names them (lr, batch_size, optimizer, momentum, ..., lr_schedule, precision, ...)."""
         schedule = {} if self.lr_schedule is None else {"lr_schedule": self.lr_schedule}
         return {
             "lr": self.lr,
@@ -121,6 +128,7 @@ class TrialParams:
             "optimizer": self.optimizer,
             **self.optimizer_options,
             **schedule,
+            **self.speed,
         }
 
 
@@ -141,14 +149,22 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> TrialParams:
             "weight_decay", space.weight_decay.low, space.weight_decay.high, log=space.weight_decay.log
         )
     schedule = None if space.lr_schedule is None else trial.suggest_categorical("lr_schedule", space.lr_schedule)
-    return TrialParams(lr, batch_size, optimizer, options, schedule)
+    speed = {
+        name: trial.suggest_categorical(name, getattr(space, name))
+        for name in SEARCHABLE_KNOBS
+        if getattr(space, name) is not None
+    }
+    return TrialParams(lr, batch_size, optimizer, options, schedule, speed)
 
 
 def params_from_trial(params: dict[str, Any]) -> TrialParams:
     """The TrialParams of a finished trial's ``params`` (to train the same configuration again)."""
-    known = ("lr", "batch_size", "optimizer", "lr_schedule")
+    known = ("lr", "batch_size", "optimizer", "lr_schedule", *SEARCHABLE_KNOBS)
     options = {key: value for key, value in params.items() if key not in known}
-    return TrialParams(params["lr"], params["batch_size"], params["optimizer"], options, params.get("lr_schedule"))
+    speed = {key: params[key] for key in SEARCHABLE_KNOBS if key in params}
+    return TrialParams(
+        params["lr"], params["batch_size"], params["optimizer"], options, params.get("lr_schedule"), speed
+    )
 
 
 def search_distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -166,4 +182,7 @@ def search_distributions(space: SearchSpace) -> dict[str, optuna.distributions.B
         distributions["weight_decay"] = optuna.distributions.FloatDistribution(low, high, log=log)
     if space.lr_schedule is not None:
         distributions["lr_schedule"] = optuna.distributions.CategoricalDistribution(space.lr_schedule)
+    for name in SEARCHABLE_KNOBS:
+        if getattr(space, name) is not None:
+            distributions[name] = optuna.distributions.CategoricalDistribution(getattr(space, name))
     return distributions
