@@ -13,7 +13,7 @@ BACKEND_STORE_URI ?=
 ARTIFACTS_DESTINATION ?=
 SERVER_ARGS ?=
 
-.PHONY: setup system-deps sweep test lint format bench bench-quick bench-compare ui server clean
+.PHONY: setup system-deps sweep test lint format bench bench-quick bench-compare bench-device device-wheels ui server clean
 
 setup: $(STAMP)
 
@@ -93,6 +93,21 @@ bench-compare: setup
 	@test -n "$(BASELINE)" || { echo "bench-compare: no baseline in bench/results/; run make bench or pass BASELINE=" >&2; exit 2; }
 	$(BIN)/python -m pytest bench --workers "$(WORKERS)" --benchmark-autosave \
 		--benchmark-compare=$(BASELINE) --benchmark-compare-fail=median:$(THRESHOLD) $(BENCH_ARGS)
+
+# On a GPU machine with torch, numpy, pytest and pytest-benchmark (no virtual environment, no MLflow or Optuna):
+# the CUDA grid (speed knobs, accuracy guard, workers and memory) in at most 8 minutes, one JSON under
+# bench/results/. Missing packages come from .whl/ (make device-wheels, run where pip reaches the internet).
+# Then, anywhere: .venv/bin/trainlib bench-report bench/results/device-<time>.json --out-dir bench/reports/device
+DEVICE_PYTHON ?= python3
+bench-device:
+	$(DEVICE_PYTHON) tools/bench_device.py $(if $(BENCH_ARGS),-- $(BENCH_ARGS))
+
+# Wheels a bare GPU machine lacks (mnist1d), for Python DEVICE_PYTHON_VERSION, into .whl/ (git-ignored).
+DEVICE_PYTHON_VERSION ?= 3.12
+device-wheels: setup
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version $(DEVICE_PYTHON_VERSION) \
+		--implementation cp --platform manylinux2014_x86_64 -d .whl \
+		mnist1d==$$($(BIN)/python -c "import importlib.metadata as m; print(m.version('mnist1d'))")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

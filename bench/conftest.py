@@ -30,6 +30,17 @@ def worker_counts(text: str) -> list[int]:
     return sorted(set(counts))
 
 
+def batch_sizes(text: str) -> list[int]:
+    """Parse '32 128 512' or '32,128,512' into positive batch sizes."""
+    try:
+        sizes = [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(size <= 0 for size in sizes):
+        raise argparse.ArgumentTypeError(f"expected positive integers such as '32 128 512', got {text!r}")
+    return sorted(set(sizes))
+
+
 def positive_int(text: str) -> int:
     """Parse a positive integer option."""
     if not text.isdigit() or int(text) == 0:
@@ -83,6 +94,9 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "in_memory_samples": (25000, 2500),
     "on_the_fly_samples": (2000, 400),
     "batch_size": (100, 100),
+    "knob_batch_sizes": ([32, 128, 512], [128]),
+    "image_samples": (2048, 512),
+    "cuda_image_samples": (20000, 10000),
     "rounds": (5, 2),
     "parity_rounds": (7, 2),
     "warmup_rounds": (1, 1),
@@ -102,6 +116,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--on-the-fly-samples", type=positive_int, help="Samples per epoch of on-the-fly MNIST-1D (2000; quick 400)."
+    )
+    group.addoption(
+        "--knob-batch-sizes",
+        type=batch_sizes,
+        help="Batch sizes of the fp32-eager knob cases (CPU against CUDA per batch size): '32 128 512'; quick '128'.",
+    )
+    group.addoption(
+        "--guard-epochs",
+        type=positive_int,
+        help="Most epochs an accuracy-guard run trains before it counts as not reaching the target (the study's).",
+    )
+    group.addoption(
+        "--image-samples", type=positive_int, help="Shapes images per epoch of the CPU image cases (2048; quick 512)."
+    )
+    group.addoption(
+        "--cuda-image-samples",
+        type=positive_int,
+        help="Shapes images per epoch of the CUDA image cases (20000; quick 10000).",
     )
     group.addoption("--batch-size", type=positive_int, help="Batch size (100; with --config: the study's batch sizes).")
     group.addoption(
@@ -138,13 +170,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With --config only the throughput grid runs: the parity loops compare loops on MNIST-1D, not a workload."""
+    """With --config only the throughput grid runs: parity, knobs and the accuracy guard use the built-in workloads."""
     if config.study_workload is None:  # type: ignore[attr-defined]
         return
-    parity = [item for item in items if item.path.name == "test_parity.py"]
-    if parity:
-        config.hook.pytest_deselected(items=parity)
-        items[:] = [item for item in items if item.path.name != "test_parity.py"]
+    others = [item for item in items if item.path.name != "test_throughput.py"]
+    if others:
+        config.hook.pytest_deselected(items=others)
+        items[:] = [item for item in items if item.path.name == "test_throughput.py"]
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:

@@ -79,3 +79,28 @@ def epoch_record(benchmark: Any, **case: Any) -> dict[str, Any]:
         record["median_epoch_seconds"] = median_seconds
         record["samples_per_second"] = case["dataset_size"] / median_seconds
     return record
+
+
+def resident_mb() -> float:
+    """This process's resident set size in MiB (Linux /proc; 0 where it cannot be read)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def reset_peak_memory(device: torch.device) -> float:
+    """Start measuring a case's memory: CUDA's peak counter is reset; returns the resident set size before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    return resident_mb()
+
+
+def peak_memory_figures(device: torch.device, resident_before_mb: float) -> dict[str, float]:
+    """The case's memory: CUDA's peak allocated MiB, and the growth of the resident set (host memory) in MiB."""
+    figures = {"rss_growth_mb": max(resident_mb() - resident_before_mb, 0.0)}
+    if device.type == "cuda":
+        figures["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return figures

@@ -20,6 +20,20 @@ GRID_CASES = {
     for workers in (0, 2)
 }
 PARITY_CASES = {f"test_parity_{loop}[cpu]" for loop in ("trainlib", "eager", "seed")}
+# The quick grid's speed-knob cases on the CPU: each knob once against fp32 eager, for both knob workloads.
+KNOB_CASES = {
+    f"test_knob_epoch[cpu-{workload}-batch_128-{knobs}]"
+    for workload, knobs in [
+        *(
+            (workload, knobs)
+            for workload in ("mnist1d", "images")
+            for knobs in ("fp32-eager", "bf16-eager", "fp32-compiled")
+        ),
+        ("images", "fp32-eager-channels_last"),
+    ]
+}
+GUARD_CASES = {f"test_time_to_target[cpu-fp32-{mode}]" for mode in ("eager", "compiled")}
+CPU_CASES = GRID_CASES | PARITY_CASES | KNOB_CASES | GUARD_CASES
 RECORD_KEYS = {
     "samples_per_second",
     "batch_size",
@@ -48,11 +62,16 @@ def quick_bench(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "-p",
             "no:cacheprovider",
             f"--benchmark-json={json_path}",
+            # Fewer images per epoch and guard epochs than the quick grid: the figures are not the point here.
+            "--image-samples",
+            "64",
+            "--guard-epochs",
+            "2",
         ],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1800,  # two compilations on a loaded 2-core machine; the bound only catches hangs
         check=False,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
@@ -63,12 +82,16 @@ def test_quick_bench_records_every_cpu_case_with_its_throughput(quick_bench):
     document = quick_bench["document"]
     benchmarks = {bench["name"]: bench for bench in document["benchmarks"]}
 
-    assert {name for name in benchmarks if "[cpu" in name} == GRID_CASES | PARITY_CASES
+    assert {name for name in benchmarks if "[cpu" in name} == CPU_CASES
     if not torch.cuda.is_available():
-        assert set(benchmarks) == GRID_CASES | PARITY_CASES
+        assert set(benchmarks) == CPU_CASES
         assert "CUDA is not available on this machine" in quick_bench["output"]  # the skip reason is shown
     for name, bench in benchmarks.items():
         extra = bench["extra_info"]
+        if name in GUARD_CASES:  # one training run to the target: its figures are times, not a throughput
+            assert set(extra) >= RECORD_KEYS - {"samples_per_second"} | {"time_to_target", "epochs_trained"}, name
+            assert bench["stats"]["rounds"] == 1 and extra["epochs_trained"] <= 2
+            continue
         assert set(extra) >= RECORD_KEYS, name
         assert extra["samples_per_second"] == pytest.approx(extra["dataset_size"] / bench["stats"]["median"])
         assert bench["stats"]["rounds"] == 2
@@ -94,6 +117,12 @@ def test_write_reports_writes_tables_chart_and_mlflow_runs(quick_bench, tmp_path
     assert "| cpu | - | trainlib | 2 |" in markdown and "| cpu | - | torch | 0 |" in markdown
     assert markdown.count("Best on this machine: **") == 2
     assert "(a)/(b) epoch time = " in markdown and "as fast as (c)" in markdown
+    assert "## Speed knobs, mnist1d: cnn1d on mnist1d, 2,000 samples per epoch, batch size 128" in markdown
+    assert "## Speed knobs, images: resnet on shapes, 64 samples per epoch, batch size 128" in markdown
+    assert "| cpu | fp32 · eager | " in markdown and "| cpu | fp32 · compiled | " in markdown
+    assert "| cpu | fp32 · eager · channels_last | " in markdown and "| cpu | bf16 · eager | " in markdown
+    assert "## Accuracy guard: time to 90% validation accuracy" in markdown
+    assert "CUDA not measured in this run (no GPU here)" in markdown or torch.cuda.is_available()
     with report.csv.open() as handle:
         rows = {row["name"]: row for row in csv.DictReader(handle)}
     assert set(rows) == names

@@ -119,6 +119,13 @@ BAD_CONFIGS = [
         [],
         ["(channels, height, width)"],
     ),
+    ("num_workers as text", ("num_workers = 0", 'num_workers = "many"'), [], ["data.num_workers", "auto"]),
+    (
+        "prefetch without workers",
+        ("num_workers = 0", "num_workers = 0\nprefetch_factor = 4"),
+        [],
+        ["prefetch_factor", "num_workers > 0"],
+    ),
     # Checks that need the dataset, still before any store is opened.
     ("tiny val_fraction", ("num_workers = 0", "num_workers = 0\nval_fraction = 0.0001"), [], ["val_fraction"]),
     ("val_fraction near 1", ("num_workers = 0", "num_workers = 0\nval_fraction = 0.9999"), [], ["val_fraction"]),

@@ -1,10 +1,14 @@
 """Tests for trainlib.device: devices resolve to what exists here, never silently to something else."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from trainlib import InvalidArgument, device_name, resolve_device
-from trainlib.device import DEVICE_CHOICES
+from trainlib.device import DEVICE_CHOICES, round_robin_device, visible_gpu_count
 
 mps_available = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
@@ -74,3 +78,30 @@ def test_cpu_helpers_never_initialise_cuda():
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True)
 
     assert result.stdout.split() == ["cpu", "False"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "gpus", "expected"),
+    [
+        ("cuda", 2, ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]),
+        ("auto", 3, ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]),
+        ("auto", 0, ["auto"] * 5),  # no GPU visible: 'auto' resolves as usual (mps or cpu)
+        ("cuda:1", 4, ["cuda:1"] * 5),  # an explicit device is every worker's
+        ("cpu", 4, ["cpu"] * 5),
+    ],
+)
+def test_sweep_workers_get_their_own_gpu_round_robin(spec: str, gpus: int, expected: list[str]) -> None:
+    assert [round_robin_device(spec, worker, gpus) for worker in range(5)] == expected
+
+
+def test_visible_gpus_are_those_cuda_visible_devices_names() -> None:
+    hidden = subprocess.run(
+        [sys.executable, "-c", "from trainlib.device import visible_gpu_count; print(visible_gpu_count())"],
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert hidden.stdout.strip() == "0"
+    assert visible_gpu_count() == (torch.cuda.device_count() if torch.cuda.is_available() else 0)

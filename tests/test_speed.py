@@ -193,4 +193,5 @@ def test_a_sweep_with_bf16_and_compile_runs_here_and_logs_both(tmp_path: Path, s
     assert parent.data.params["training.compile_mode"] == "default"
     assert [child.info.status for child in children] == ["FINISHED"]
     assert children[0].data.params["channels_last"] == "False"
+    assert children[0].data.tags["trainlib.device"] == "cpu"
     assert math.isfinite(summary.best_value)

@@ -410,7 +410,7 @@ def show_columns(page, names: list[str]) -> None:
 
     The menu toggles: each experiment's columns are chosen once per browser (the UI keeps the choice).
     """
-    page.get_by_role("button", name="Columns").click()
+    page.get_by_role("button", name="Columns", exact=True).click()
     menu = page.get_by_role("dialog")
     for name in ["Dataset", "Source", "Models", *names]:
         menu.get_by_text(name, exact=True).click()

@@ -137,16 +137,62 @@ def _case_row(bench: dict[str, Any]) -> dict[str, Any]:
         "samples_per_second": size / stats["median"],
         # Fast quartile minus slow quartile of the epoch times, in samples/s.
         "samples_per_second_iqr": size / stats["q1"] - size / stats["q3"],
+        # Speed knobs (bench/test_speed_knobs.py, bench/test_accuracy_guard.py); fp32 eager where not recorded.
+        "precision": str(extra.get("precision", "fp32")),
+        "compile": bool(extra.get("compile", False)),
+        "channels_last": bool(extra.get("channels_last", False)),
+        **{key: _number(extra.get(key)) for key in KNOB_FIGURES},
     }
 
 
+# Optional figures of knob and guard cases; NaN in the table where a case did not record one.
+KNOB_FIGURES = (
+    "first_epoch_seconds",
+    "peak_memory_mb",
+    "rss_growth_mb",
+    "target_accuracy",
+    "time_to_target",
+    "epochs_to_target",
+    "best_val_accuracy",
+)
+
+
+def _number(value: Any) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _section_of(cases: pd.DataFrame) -> pd.Series:
+    """Which part of the report each case belongs to: grid, parity, knobs (speed knobs) or guard (accuracy guard)."""
+    group = cases["group"]
+    return pd.Series(
+        [
+            "parity"
+            if name.startswith("parity")
+            else "knobs"
+            if name.startswith("knobs")
+            else name
+            if name == "guard"
+            else "grid"
+            for name in group
+        ],
+        index=cases.index,
+    )
+
+
 def _is_parity(cases: pd.DataFrame) -> pd.Series:
-    return cases["group"].str.startswith("parity")
+    return _section_of(cases) == "parity"
 
 
 def _speedups(cases: pd.DataFrame) -> pd.Series:
-    """samples/s over the baseline case of the workload and batch size (NaN where none ran); parity rows excluded."""
-    grid = cases[~_is_parity(cases)]
+    """samples/s over the baseline case of the workload and batch size (NaN where none ran): the worker grid's
+    baseline for its cases, fp32 eager on the same device for speed-knob cases; parity and guard excluded."""
+    sections = _section_of(cases)
+    knobs = cases[sections == "knobs"]
+    grid = cases[sections == "grid"]
     speedups = pd.Series(math.nan, index=cases.index)
     for _, rows in grid.groupby(["workload", "batch_size"]):
         for baseline in BASELINE_CASES:
@@ -157,6 +203,10 @@ def _speedups(cases: pd.DataFrame) -> pd.Series:
                 base = rows.loc[is_baseline, "samples_per_second"].iloc[0]
                 speedups[rows.index] = rows["samples_per_second"] / base
                 break
+    for _, rows in knobs.groupby(["workload", "device", "batch_size"]):
+        plain = rows[(rows["precision"] == "fp32") & ~rows["compile"] & ~rows["channels_last"]]
+        if not plain.empty:
+            speedups[rows.index] = rows["samples_per_second"] / plain["samples_per_second"].iloc[0]
     return speedups
 
 
@@ -205,7 +255,9 @@ def write_reports(
 def render_markdown(results: BenchResults) -> str:
     """The human report: one throughput table per workload, then the loop-parity comparison if it ran."""
     cases = results.cases
-    grid, parity = cases[~_is_parity(cases)], cases[_is_parity(cases)]
+    sections = _section_of(cases)
+    grid, parity = cases[sections == "grid"], cases[sections == "parity"]
+    knobs, guard = cases[sections == "knobs"], cases[sections == "guard"]
     machine = results.machine_info
     commit = results.commit_info
     commit_text = (
@@ -236,6 +288,12 @@ def render_markdown(results: BenchResults) -> str:
     if not parity.empty:
         for device, rows in parity.groupby("device", sort=False):
             lines += ["", *_parity_section(str(device), rows)]
+    if not knobs.empty:
+        lines += ["", *_device_speedup_section(knobs, machine)]
+        for workload, rows in knobs.groupby("workload", sort=False):
+            lines += ["", *_knob_section(str(workload), rows)]
+    if not guard.empty:
+        lines += ["", *_guard_section(guard)]
     return "\n".join(lines) + "\n"
 
 
@@ -338,6 +396,146 @@ def _parity_section(device: str, rows: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _knob_label(row: Any) -> str:
+    parts = [row.precision, "compiled" if row.compile else "eager"]
+    return " · ".join([*parts, "channels_last"] if row.channels_last else parts)
+
+
+def _device_speedup_section(knobs: pd.DataFrame, machine: dict[str, Any]) -> list[str]:
+    """fp32 eager samples/s on the CPU and on CUDA per workload and batch size, and where the GPU starts to pay."""
+    plain = knobs[(knobs["precision"] == "fp32") & ~knobs["compile"] & ~knobs["channels_last"]]
+    lines = [
+        "## CPU against CUDA (fp32, eager)",
+        "",
+        "| workload | batch | CPU samples/s | CUDA samples/s | CUDA / CPU |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    verdicts = []
+    for workload, rows in plain.groupby("workload", sort=False):
+        pays_from = None
+        for batch_size, pair in rows.groupby("batch_size"):
+            by_device = pair.set_index("device")["samples_per_second"]
+            cpu, cuda = by_device.get("cpu", math.nan), by_device.get("cuda", math.nan)
+            ratio = cuda / cpu
+            if pays_from is None and ratio > 1:
+                pays_from = batch_size
+            cells = [f"{value:,.0f}" if not math.isnan(value) else "not measured" for value in (cpu, cuda)]
+            lines.append(
+                f"| {str(workload).removeprefix('knobs-')} | {batch_size} | {cells[0]} | {cells[1]} "
+                f"| {'n/a' if math.isnan(ratio) else f'{ratio:.2f}×'} |"
+            )
+        if "cuda" in set(rows["device"]):
+            verdicts.append(
+                f"{str(workload).removeprefix('knobs-')}: the GPU pays from batch size {pays_from} on"
+                if pays_from is not None
+                else f"{str(workload).removeprefix('knobs-')}: the GPU did not beat the CPU at any batch size measured"
+            )
+    if not machine.get("cuda_available", False):
+        lines += [
+            "",
+            "CUDA not measured in this run (no GPU here): `make bench-device` on a GPU machine fills this column.",
+        ]
+    elif verdicts:
+        lines += ["", "; ".join(verdicts) + "."]
+    return lines
+
+
+def _knob_section(workload: str, rows: pd.DataFrame) -> list[str]:
+    """Each knob setting at the knob batch size: speed against fp32 eager, compile cost and break-even, memory."""
+    compared = rows[rows["batch_size"] == rows["batch_size"].mode().iloc[0]]
+    lines = [
+        f"## Speed knobs, {workload.removeprefix('knobs-')}: {_listing(compared['model'])} on "
+        f"{_listing(compared['dataset'])}, {compared['dataset_size'].iloc[0]:,} samples per epoch, batch size "
+        f"{compared['batch_size'].iloc[0]}",
+        "",
+        "| device | knobs | samples/s (median) | vs fp32 eager | first epoch (s) | compile + warm-up (s) "
+        "| break-even (epochs) | memory (MiB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for device, on_device in compared.groupby("device", sort=False):
+        for row in _knob_order(on_device).itertuples():
+            overhead, break_even = _compile_cost(row, on_device)
+            memory = row.peak_memory_mb if not math.isnan(row.peak_memory_mb) else row.rss_growth_mb
+            memory_text = (
+                "n/a" if math.isnan(memory) else f"{memory:,.0f}" + (" (RSS growth)" if device == "cpu" else "")
+            )
+            lines.append(
+                f"| {device} | {_knob_label(row)} | {row.samples_per_second:,.0f} "
+                f"| {'n/a' if math.isnan(row.speedup) else f'{row.speedup:.2f}×'} "
+                f"| {_seconds(row.first_epoch_seconds)} | {overhead} | {break_even} | {memory_text} |"
+            )
+    lines += [
+        "",
+        "First epoch: timed on its own before the timed rounds (it holds compilation and autotuning). Compile + "
+        "warm-up: how much longer the compiled first epoch took than a steady one, beyond the same for eager. "
+        "Break-even: epochs after which the compiled run has caught up with eager (never: its steady epochs are "
+        "not faster). Memory: CUDA's peak allocated bytes; on the CPU the growth of the resident set.",
+    ]
+    return lines
+
+
+PRECISION_ORDER = {"fp32": 0, "bf16": 1, "fp16": 2}
+
+
+def _knob_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """fp32 eager first, then by precision, compilation and memory format."""
+    key = rows["precision"].map(PRECISION_ORDER).fillna(9) * 4 + rows["compile"] * 2 + rows["channels_last"]
+    return rows.assign(_order=key).sort_values("_order").drop(columns="_order")
+
+
+def _seconds(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
+
+
+def _compile_cost(row: Any, on_device: pd.DataFrame) -> tuple[str, str]:
+    """A compiled row's extra first-epoch seconds over its eager twin and its break-even epoch count."""
+    if not row.compile:
+        return "-", "-"
+    twin = on_device[
+        (on_device["precision"] == row.precision)
+        & ~on_device["compile"]
+        & (on_device["channels_last"] == row.channels_last)
+    ]
+    if twin.empty or math.isnan(row.first_epoch_seconds):
+        return "n/a", "n/a"
+    eager = twin.iloc[0]
+    overhead = (row.first_epoch_seconds - row.median_epoch_seconds) - (
+        eager["first_epoch_seconds"] - eager["median_epoch_seconds"]
+    )
+    saving = eager["median_epoch_seconds"] - row.median_epoch_seconds
+    break_even = "never" if saving <= 0 else f"{max(math.ceil(overhead / saving), 0):,}"
+    return f"{overhead:.1f}", break_even
+
+
+def _guard_section(guard: pd.DataFrame) -> list[str]:
+    """Time to the default study's target accuracy for each knob setting, against fp32 eager on the same device."""
+    target = guard["target_accuracy"].iloc[0]
+    lines = [
+        f"## Accuracy guard: time to {target:.0%} validation accuracy (the default study's best configuration, "
+        f"{_listing(guard['model'])} on {_listing(guard['dataset'])}, batch size {_listing(guard['batch_size'])})",
+        "",
+        "| device | knobs | reached | epochs to target | time to target (s) | vs fp32 eager | best val accuracy |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for _, on_device in guard.groupby("device", sort=False):
+        plain = on_device[(on_device["precision"] == "fp32") & ~on_device["compile"]]
+        base = plain["time_to_target"].iloc[0] if not plain.empty else math.nan
+        for row in _knob_order(on_device).itertuples():
+            reached = not math.isnan(row.time_to_target)
+            ratio = row.time_to_target / base if reached and not math.isnan(base) else math.nan
+            lines.append(
+                f"| {row.device} | {_knob_label(row)} | {'yes' if reached else 'no'} "
+                f"| {f'{row.epochs_to_target:.0f}' if reached else '-'} | {_seconds(row.time_to_target)} "
+                f"| {'n/a' if math.isnan(ratio) else f'{ratio:.2f}×'} | {row.best_val_accuracy:.1%} |"
+            )
+    lines += [
+        "",
+        "Time to target: the training epochs' seconds until validation accuracy first reached the target, "
+        "compilation included; a knob with faster epochs that needs more of them shows it here.",
+    ]
+    return lines
+
+
 # ---- chart ----
 
 
@@ -346,7 +544,7 @@ def plot_throughput(results: BenchResults, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    grid = results.cases[~_is_parity(results.cases)]
+    grid = results.cases[_section_of(results.cases) == "grid"]
     workloads = list(dict.fromkeys(grid["workload"]))
     figure = Figure(figsize=(5.5 * max(len(workloads), 1), 4.2), layout="constrained")
     FigureCanvasAgg(figure)

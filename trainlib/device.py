@@ -76,3 +76,16 @@ def peak_memory_mb(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return None
+
+
+def visible_gpu_count() -> int:
+    """CUDA devices this process may use (torch counts only those CUDA_VISIBLE_DEVICES names)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def round_robin_device(spec: str, worker_index: int, gpu_count: int) -> str:
+    """The device sweep worker ``worker_index`` trains on: its own GPU (cuda:index mod count) when the study says
+    'auto' or 'cuda' and ``gpu_count`` GPUs are visible; an explicit device ('cpu', 'cuda:1') is every worker's."""
+    if spec.strip().lower() in ("auto", "cuda") and gpu_count > 0:
+        return f"cuda:{worker_index % gpu_count}"
+    return spec

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 DataKind = Literal["dataset", "factory", "path"]
 DATA_KINDS: tuple[DataKind, ...] = ("dataset", "factory", "path")
-LOADER_KEYS = ("num_workers", "eval_batch_size")  # how trainlib feeds the data, never passed to a factory
+# How trainlib feeds the data, never passed to a factory.
+LOADER_KEYS = ("num_workers", "eval_batch_size", "prefetch_factor", "persistent_workers", "pin_memory")
 DEFAULT_VAL_FRACTION = 0.2
 
 

@@ -130,8 +130,19 @@ class DataSettings(StrictModel):
     val_fraction: float | None = Field(None, gt=0, lt=1)
     num_samples: int | None = Field(None, gt=0)
     label_column: str | None = Field(None, min_length=1)
-    num_workers: int = Field(0, ge=0)
+    # "auto": a short probe on this machine picks workers, prefetching and pinning (trainlib.loader_tuning)
+    num_workers: int | str = 0
+    prefetch_factor: int | None = Field(None, gt=0)  # batches each worker loads ahead (torch's default: 2)
+    persistent_workers: bool | None = None  # workers outlive an epoch (trainlib's default with workers: true)
+    pin_memory: bool | None = None  # page-locked batches (default: true when training on CUDA)
     eval_batch_size: int = Field(1000, gt=0)
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers_or_auto(cls, workers: int | str) -> int | str:
+        if workers != "auto" and not (isinstance(workers, int) and workers >= 0):
+            raise ValueError('give a non-negative number of worker processes, or "auto" (a short probe picks them)')
+        return workers
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSettings:
@@ -143,6 +154,12 @@ class DataSettings(StrictModel):
             )
         if self.factory is None and self.model_extra:
             raise ValueError(f"unknown key {next(iter(self.model_extra))!r}: only a data factory takes keys of its own")
+        fixed_workers = [key for key in ("prefetch_factor", "persistent_workers") if getattr(self, key) is not None]
+        if fixed_workers and self.num_workers in (0, "auto"):
+            raise ValueError(
+                f"{' and '.join(fixed_workers)} set how worker processes load: give num_workers > 0 "
+                '(with num_workers = "auto" the probe chooses them)'
+            )
         if self.num_samples is not None and self.dataset not in (None, *SIZED_DATASETS):
             raise ValueError(
                 f"num_samples applies to datasets {', '.join(SIZED_DATASETS)} (or a factory that takes it)"
@@ -252,6 +269,10 @@ class SweepConfig(StrictModel):
         return workload_from_sections(
             self.model.model_dump(exclude_none=True), self.data.model_dump(exclude_none=True), base_dir
         )
+
+    def on_device(self, device: str) -> SweepConfig:
+        """A copy that trains on ``device`` (a sweep worker's own GPU)."""
+        return self.model_copy(update={"training": self.training.model_copy(update={"device": device})})
 
     def with_overrides(self, overrides: dict[str, tuple[str, Any]]) -> SweepConfig:
         """A copy with command-line overrides applied, e.g. {'training.epochs': ('--epochs', 3)}; None keeps.

@@ -10,8 +10,10 @@ import torch
 
 from trainlib._compat import frozen_trial
 from trainlib.data import DatasetSplits, make_loader
+from trainlib.device import device_name
 from trainlib.engine import Callback, EpochResult, TrainingDiverged, train_model
 from trainlib.factories import describe
+from trainlib.loader_tuning import LoaderSettings, training_step, tuned_loader_settings
 from trainlib.seeding import seed_everything
 from trainlib.store_failures import StoreDamaged, StoreUnavailable
 from trainlib.sweep.config import METRICS, SweepConfig
@@ -44,7 +46,11 @@ def run_trial(
     settings = config.study
     measures = TrialMeasures(device, settings.target_accuracy)
     retry_of = retried_trial_number(frozen_trial(trial))
-    trial_log = tracker.start_trial(trial.study.study_name, trial.number, params.as_dict(), retry_of)
+    where = f"{device} ({device_name(device)})" if device.type == "cuda" else str(device)
+    logged = params.as_dict()
+    if config.data.num_workers == "auto":  # the probe's pick, beside the hyperparameters it was probed for
+        logged.update(loader_settings(config, workload, splits, device, params.batch_size).as_params())
+    trial_log = tracker.start_trial(trial.study.study_name, trial.number, logged, retry_of, where)
     try:
         best = train_configuration(
             params,
@@ -85,7 +91,10 @@ def train_configuration(
     """
     seed_everything(seed)
     model = build_workload_model(workload, splits)
-    train_loader = make_loader(splits.train, params.batch_size, True, config.data.num_workers, device=device, seed=seed)
+    loading = loader_settings(config, workload, splits, device, params.batch_size)
+    train_loader = make_loader(
+        splits.train, params.batch_size, True, device=device, seed=seed, **loading.loader_options()
+    )
     val_loader = make_loader(splits.val, config.data.eval_batch_size, False, device=device)
     quality = config.study.quality_metric
     best = BestEpoch(model, quality, maximize=METRICS[quality] == "maximize")
@@ -109,6 +118,23 @@ def train_configuration(
             raise
         raise TrialFailed(f"training raised {describe(error)}") from error
     return best
+
+
+def loader_settings(
+    config: SweepConfig, workload: Workload, splits: DatasetSplits, device: torch.device, batch_size: int
+) -> LoaderSettings:
+    """The study's loader settings; with num_workers = "auto" the probe's pick for this batch size (cached)."""
+    data = config.data
+    if data.num_workers != "auto":
+        return LoaderSettings(data.num_workers, data.prefetch_factor, data.persistent_workers, data.pin_memory)
+    key = (workload.key(), batch_size, str(device))
+    if key not in _PICKS:
+        step = training_step(build_workload_model(workload, splits), device)
+        _PICKS[key] = tuned_loader_settings(workload.key(), splits.train, batch_size, device, step).settings
+    return _PICKS[key]
+
+
+_PICKS: dict[tuple[str, int, str], LoaderSettings] = {}  # per process: the cache file is read once per batch size
 
 
 def run_metrics(measured: dict[str, float], quality_metric: str) -> dict[str, float]:

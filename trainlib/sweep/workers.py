@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import multiprocessing
@@ -17,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from trainlib._compat import quiet_logger_of_optimize_loop
-from trainlib.device import resolve_device
+from trainlib.device import resolve_device, round_robin_device, visible_gpu_count
 from trainlib.engine import TrainingDiverged
 from trainlib.store_failures import StoreDamaged, StoreUnavailable
 from trainlib.sweep.config import SweepConfig
@@ -130,6 +131,8 @@ def worker_main(plan: SweepPlan, worker_index: int, n_trials: int, threads: int,
     install_interrupt_handler()
     prepare_process()
     torch.set_num_threads(threads)
+    device = round_robin_device(plan.config.training.device, worker_index, visible_gpu_count())
+    plan = dataclasses.replace(plan, config=plan.config.on_device(device))  # one GPU per worker, round-robin
     tracker = make_tracker(plan)
     if parent_run_id is not None:
         tracker.attach(parent_run_id)

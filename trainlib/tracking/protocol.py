@@ -89,8 +89,11 @@ class Tracker(Protocol):
     def log_study_metrics(self, metrics: dict[str, float], trial_number: int) -> None:
         """The study's progress after trial ``trial_number`` (best value, hypervolume): parent metrics, step = trial."""
 
-    def start_trial(self, study_name: str, trial_number: int, params: dict[str, Any], retry_of: int | None) -> TrialLog:
-        """A child run for a trial that starts now (``retry_of``: the dead trial it runs again)."""
+    def start_trial(
+        self, study_name: str, trial_number: int, params: dict[str, Any], retry_of: int | None, device: str = ""
+    ) -> TrialLog:
+        """A child run for a trial that starts now (``retry_of``: the dead trial it runs again; ``device``: where it
+        trains, tagged trainlib.device)."""
 
     def start_reevaluation(self, study_name: str, trial_number: int, seed: int, params: dict[str, Any]) -> TrialLog:
         """A child run for trial ``trial_number``'s configuration trained again from ``seed``."""
@@ -162,7 +165,9 @@ class NullTracker:
     def log_study_metrics(self, metrics: dict[str, float], trial_number: int) -> None:
         pass
 
-    def start_trial(self, study_name: str, trial_number: int, params: dict[str, Any], retry_of: int | None) -> TrialLog:
+    def start_trial(
+        self, study_name: str, trial_number: int, params: dict[str, Any], retry_of: int | None, device: str = ""
+    ) -> TrialLog:
         return UntrackedTrial(trial_number)
 
     def start_reevaluation(self, study_name: str, trial_number: int, seed: int, params: dict[str, Any]) -> TrialLog:

@@ -196,7 +196,9 @@ class MlflowTracker:
 
     # ---- child runs ----
 
-    def start_trial(self, study_name: str, trial_number: int, params: dict[str, Any], retry_of: int | None) -> RunLog:
+    def start_trial(
+        self, study_name: str, trial_number: int, params: dict[str, Any], retry_of: int | None, device: str = ""
+    ) -> RunLog:
         """A child run for a trial that starts now; created on the tracking thread."""
         tags = {
             "trainlib.role": "trial",
@@ -204,6 +206,8 @@ class MlflowTracker:
             "optuna.trial_number": str(trial_number),
             "trainlib.worker": f"{socket.gethostname()}:{os.getpid()}",
         }
+        if device:
+            tags["trainlib.device"] = device
         if retry_of is not None:  # a retry of a trial whose worker died
             tags["optuna.retry_of"] = str(retry_of)
         params = {**params, "trial_number": trial_number}
