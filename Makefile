@@ -82,7 +82,8 @@ bench: setup
 		$(BENCH_STUDY) $(BENCH_ARGS) && \
 	$(BIN)/trainlib bench-report $$json --out-dir $(if $(BENCH_STUDY),$$out,$(BENCH_REPORTS))
 
-# The reduced grid (workers 0 and 2, small datasets, 2 rounds): under a minute; JSON and reports in QUICK_OUT.
+# The reduced grid (workers 0 and 2 and auto, each speed knob once, the guard in fp32 eager and compiled, small
+# datasets, 2 rounds): 2-3 minutes on a 2-core CPU once torch.compile's cache is warm; JSON and reports in QUICK_OUT.
 bench-quick: setup
 	mkdir -p $(QUICK_OUT)
 	$(BIN)/python -m pytest bench --quick --benchmark-json=$(QUICK_OUT)/bench.json $(BENCH_STUDY) $(BENCH_ARGS)

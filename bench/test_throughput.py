@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from copy import deepcopy
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 from bench.support import epoch_record, hardware_name, synchronized_perf_counter
 from trainlib.data import make_loader
 from trainlib.engine import train_one_epoch
+from trainlib.loader_tuning import label_of, probe_loader_settings, training_step
 from trainlib.models import build_model
 from trainlib.optim import build_optimizer
 from trainlib.workload import build_workload_model
@@ -26,7 +28,7 @@ pytestmark = [
 ]
 
 # Benchmark name -> make_loader's loader argument.
-LOADERS = {"torch": "torch", "trainlib": "auto"}
+LOADERS = {"torch": "torch", "trainlib": "auto", "auto": "auto"}  # "auto": trainlib's loader, probed settings
 NEEDS_CUDA = pytest.mark.skipif(
     not torch.cuda.is_available(), reason=f"CUDA is not available on this machine (torch {torch.__version__})"
 )
@@ -34,7 +36,7 @@ NUM_FEATURES, NUM_CLASSES, LEARNING_RATE = 40, 10, 1e-3
 
 
 def grid(workers: list[int]) -> Iterator[tuple[tuple[str, str, str, int, str], str, bool]]:
-    """The sensible cases as (values, id, needs CUDA).
+    """The sensible cases as (values, id, needs CUDA), and per device and workload one num_workers = "auto" case.
 
     On-the-fly data is not a TensorDataset, so make_loader's 'auto' is torch's DataLoader there: one loader.
     Host memory (pinned, pageable, or the whole dataset resident on the GPU) matters on CUDA only; resident
@@ -52,6 +54,8 @@ def grid(workers: list[int]) -> Iterator[tuple[tuple[str, str, str, int, str], s
                         if device == "cuda":
                             case_id += f"-{memory}"
                         yield (device, workload, loader, num_workers, memory), case_id, device == "cuda"
+            # num_workers = "auto": the probe picks workers, prefetching and pinning; compared with the grid's best.
+            yield (device, workload, "auto", "auto", "probed"), f"{device}-{workload}-auto_workers", device == "cuda"
 
 
 def study_grid(workers: list[int], batch_sizes: list[int]) -> Iterator[tuple[tuple, str, bool]]:
@@ -61,6 +65,8 @@ def study_grid(workers: list[int], batch_sizes: list[int]) -> Iterator[tuple[tup
             for num_workers in workers:
                 case_id = f"{device}-study-batch_{batch_size}-{num_workers}_workers"
                 yield (device, "study", "trainlib", num_workers, "pageable", batch_size), case_id, device == "cuda"
+            case_id = f"{device}-study-batch_{batch_size}-auto_workers"
+            yield (device, "study", "auto", "auto", "probed", batch_size), case_id, device == "cuda"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -88,11 +94,15 @@ def test_epoch_throughput(
     device: str,
     workload: str,
     loader: str,
-    num_workers: int,
+    num_workers: int | str,
     memory: str,
     batch_size: int,
 ) -> None:
-    """Median time of one training epoch (cnn1d, or the --config study's model) with Adam for this case."""
+    """Median time of one training epoch (cnn1d, or the --config study's model) with Adam for this case.
+
+    num_workers "auto" first runs the loader probe (trainlib.loader_tuning) on this workload, then times epochs with
+    its pick; the probe's seconds and every candidate's rate go into the record.
+    """
     config = request.config
     torch.manual_seed(0)
     if workload == "study":
@@ -102,16 +112,29 @@ def test_epoch_throughput(
     else:
         dataset, model = request.getfixturevalue(f"{workload}_train"), build_model("cnn1d", NUM_FEATURES, NUM_CLASSES)
         names = {"workload": workload, "model": "cnn1d", "dataset": "mnist1d"}
+    probe: dict[str, object] = {}
+    if num_workers == "auto":
+        scratch = build_model("cnn1d", NUM_FEATURES, NUM_CLASSES) if workload != "study" else deepcopy(model)
+        result = probe_loader_settings(
+            dataset, batch_size, torch.device(device), training_step(scratch, torch.device(device))
+        )
+        settings = result.settings
+        num_workers, memory = settings.num_workers, "pinned" if settings.pin_memory else "pageable"
+        probe = {"auto_workers": True, "probe_seconds": result.seconds, "probe_pick": label_of(settings)}
+        probe["probe_samples_per_second"] = result.samples_per_second
+        options = {key: value for key, value in settings.loader_options().items() if key != "num_workers"}
+    else:
+        options = {"pin_memory": memory == "pinned"}
     train_loader = make_loader(
         dataset,
         batch_size,
         shuffle=True,
         num_workers=num_workers,
-        pin_memory=memory == "pinned",
         device=device,
         loader=LOADERS[loader],
         resident=memory == "resident",
         seed=0,
+        **options,
     )
     model = model.to(device)
     optimizer = build_optimizer("adam", model.parameters(), LEARNING_RATE)
@@ -136,6 +159,7 @@ def test_epoch_throughput(
             dataset_size=len(dataset),
             warmup_rounds=config.getoption("--warmup-rounds"),
             torch_threads=torch.get_num_threads(),
+            **probe,
         )
     )
     assert math.isfinite(mean_loss), "a diverged epoch must not pass as a fast one"

@@ -19,6 +19,7 @@ GRID_CASES = {
     for workload, loader in (("in_memory", "torch"), ("in_memory", "trainlib"), ("on_the_fly", "torch"))
     for workers in (0, 2)
 }
+GRID_CASES |= {f"test_epoch_throughput[cpu-{workload}-auto_workers]" for workload in ("in_memory", "on_the_fly")}
 PARITY_CASES = {f"test_parity_{loop}[cpu]" for loop in ("trainlib", "eager", "seed")}
 # The quick grid's speed-knob cases on the CPU: each knob once against fp32 eager, for both knob workloads.
 KNOB_CASES = {
@@ -116,6 +117,7 @@ def test_write_reports_writes_tables_chart_and_mlflow_runs(quick_bench, tmp_path
     assert "## on_the_fly: 400 training samples per epoch" in markdown
     assert "| cpu | - | trainlib | 2 |" in markdown and "| cpu | - | torch | 0 |" in markdown
     assert markdown.count("Best on this machine: **") == 2
+    assert markdown.count("num_workers = auto picked ") == 2 and "of the best grid case" in markdown
     assert "(a)/(b) epoch time = " in markdown and "as fast as (c)" in markdown
     assert "## Speed knobs, mnist1d: cnn1d on mnist1d, 2,000 samples per epoch, batch size 128" in markdown
     assert "## Speed knobs, images: resnet on shapes, 64 samples per epoch, batch size 128" in markdown

@@ -176,7 +176,9 @@ def test_make_bench_quick_config_measures_the_studys_model_and_data(tmp_path: Pa
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     document = json.loads((out / "bench.json").read_text())
     names = {bench["name"] for bench in document["benchmarks"]}
-    assert names == {f"test_epoch_throughput[cpu-study-batch_{b}-{w}_workers]" for b in (32, 64) for w in (0, 2)}
+    assert names == {
+        f"test_epoch_throughput[cpu-study-batch_{b}-{w}_workers]" for b in (32, 64) for w in (0, 2, "auto")
+    }
     for bench in document["benchmarks"]:
         extra = bench["extra_info"]
         assert (extra["model"], extra["dataset"], extra["workload"]) == ("tiny_models:tiny_cnn", "images.npz", "own")

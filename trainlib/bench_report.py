@@ -142,11 +142,13 @@ def _case_row(bench: dict[str, Any]) -> dict[str, Any]:
         "compile": bool(extra.get("compile", False)),
         "channels_last": bool(extra.get("channels_last", False)),
         **{key: _number(extra.get(key)) for key in KNOB_FIGURES},
+        "probe_pick": str(extra.get("probe_pick", "")),
     }
 
 
 # Optional figures of knob and guard cases; NaN in the table where a case did not record one.
 KNOB_FIGURES = (
+    "probe_seconds",
     "first_epoch_seconds",
     "peak_memory_mb",
     "rss_growth_mb",
@@ -319,8 +321,49 @@ def _workload_section(workload: str, rows: pd.DataFrame) -> list[str]:
         )
     if workload == "on_the_fly" and set(rows["loader"]) == {"torch"}:
         lines += ["", "On-the-fly data is not a tensor dataset, so trainlib's loader is torch's DataLoader here."]
-    lines += ["", _best_sentence(rows)]
+    grid_rows = rows[rows["loader"] != "auto"]
+    lines += ["", _best_sentence(grid_rows if not grid_rows.empty else rows)]
+    lines += [sentence for sentence in _auto_sentences(rows)]
     return lines
+
+
+AUTO_WITHIN = 0.05  # num_workers = "auto" should land within 5% of the grid's best case
+
+
+def _auto_sentences(rows: pd.DataFrame) -> list[str]:
+    """For each probed ("auto") case: its pick, and its samples/s against the best grid case on the same device."""
+    sentences = []
+    for row in rows[rows["loader"] == "auto"].itertuples():
+        grid = rows[
+            (rows["loader"] != "auto") & (rows["device"] == row.device) & (rows["batch_size"] == row.batch_size)
+        ]
+        if grid.empty:
+            continue
+        best = grid.sort_values("samples_per_second", ascending=False).iloc[0]
+        ratio = row.samples_per_second / best["samples_per_second"]
+        verdict = f"within {AUTO_WITHIN:.0%}" if ratio >= 1 - AUTO_WITHIN else f"NOT within {AUTO_WITHIN:.0%}"
+        if _same_setting(row, best):
+            verdict += (
+                ": but it is the grid's best setting itself, so the gap is between two measurements of one setting "
+                f"(their IQRs: {row.samples_per_second_iqr:,.0f} and {best['samples_per_second_iqr']:,.0f} samples/s), "
+                "not a worse pick"
+            )
+        workers = "1 worker" if row.num_workers == 1 else f"{row.num_workers} workers"
+        sentences += [
+            "",
+            f"num_workers = auto picked {workers} on {row.device} ({row.probe_pick}; probe {row.probe_seconds:.1f} s): "
+            f"{row.samples_per_second:,.0f} samples/s, {ratio:.2f}× of the best grid case "
+            f"({best['loader']} loader, {best['num_workers']} workers: {best['samples_per_second']:,.0f}/s), "
+            f"{verdict}.",
+        ]
+    return sentences
+
+
+def _same_setting(auto: Any, best: pd.Series) -> bool:
+    """True when the probe picked what the grid's best case ran: trainlib's loader, as many workers, default
+    prefetching (the grid's worker cases keep torch's prefetch_factor of 2)."""
+    default_prefetch = auto.num_workers == 0 or "prefetch_factor=2" in auto.probe_pick
+    return best["loader"] == "trainlib" and best["num_workers"] == auto.num_workers and default_prefetch
 
 
 def _case_label(row: Any) -> str:

@@ -42,8 +42,8 @@ class SpeedKnobs:
     channels_last: bool = False
     cudnn_benchmark: bool = False
 
-    def as_params(self) -> dict[str, Any]:
-        """The knobs as run params (training.precision, ...)."""
+    def as_keywords(self) -> dict[str, Any]:
+        """The knobs as train_model's keyword arguments (precision=..., compile=..., ...)."""
         return asdict(self)
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:

@@ -111,7 +111,7 @@ def train_configuration(
             callbacks=[raise_if_interrupted, best.update, *callbacks],
             divergence_threshold=config.training.divergence_threshold,
             lr_schedule=params.lr_schedule or config.training.lr_schedule,
-            **config.speed_knobs(params.speed).as_params(),
+            **config.speed_knobs(params.speed).as_keywords(),
         )
     except Exception as error:
         if isinstance(error, EXPECTED_IN_TRAINING):
