@@ -64,6 +64,7 @@ def summarize(
     """The summary of the study; with ``report``, also pick, test and log the model and log the report files."""
     settings = plan.config.study
     trials = study.get_trials(deepcopy=False)
+    seen = trial_states(trials)  # copied now: the storage may update the trial objects it handed out
     counts = {
         name: sum(trial.state == state for trial in trials)
         for name, state in zip(("complete", "pruned", "failed"), FINISHED_STATES, strict=True)
@@ -82,6 +83,10 @@ def summarize(
     with tempfile.TemporaryDirectory(prefix="trainlib-report-") as folder_name:
         tables = {"trials": frame, "pareto_front": front, "reevaluation": reevaluation}
         files = write_report_files(study, settings, tables, Path(folder_name)) if len(frame) and report else []
+        if files and trial_states(study.get_trials(deepcopy=False)) != seen:
+            # Another command started or ended a trial since this one judged itself the last: it is alive and
+            # writes the report when it ends. Uploading this older picture now could land after its newer one.
+            files, report = [], False
         tracker.log_summary(counts, files, tags)
     quality_index = settings.metric_names.index(settings.quality_metric)
     return SweepSummary(
@@ -101,6 +106,11 @@ def summarize(
         reevaluation=reevaluation,
         budget_spent=budget_spent,
     )
+
+
+def trial_states(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[int, optuna.trial.TrialState]]:
+    """Each trial's number and state, as they are now."""
+    return [(trial.number, trial.state) for trial in trials]
 
 
 def pick_and_test(
