@@ -65,8 +65,13 @@ BENCH_ARGS ?=
 BENCH_REPORTS ?= bench/reports
 QUICK_OUT ?= .cache/bench-quick
 QUICK_REPORT_ARGS ?= --no-tracking
-BASELINE ?= $(lastword $(sort $(wildcard bench/results/*.json)))
-THRESHOLD ?= 10%
+# bench-compare's baseline: with BENCH_ARGS=--quick the last make bench-quick, else the newest bench/results/*.json.
+BASELINE ?= $(if $(findstring --quick,$(BENCH_ARGS)),$(QUICK_OUT)/bench.json,$(lastword $(sort $(wildcard bench/results/*.json))))
+MIN_EFFECT ?= 0.05
+CASE_MIN_EFFECT ?= 0.15
+COMPARE_OUT ?= .cache/bench-compare
+# --workers only where WORKERS was given: a --quick run keeps its own worker counts.
+WORKER_ARGS = $(if $(filter command line environment,$(origin WORKERS)),--workers "$(WORKERS)")
 # make bench CONFIG=path/study.toml: that study's model and data (CONFIG given on the command line or in the
 # environment; the default CONFIG above is for make sweep and leaves the default grid as it is).
 BENCH_STUDY := $(if $(filter file,$(origin CONFIG)),,--config '$(CONFIG)')
@@ -89,11 +94,14 @@ bench-quick: setup
 	$(BIN)/python -m pytest bench --quick --benchmark-json=$(QUICK_OUT)/bench.json $(BENCH_STUDY) $(BENCH_ARGS)
 	$(BIN)/trainlib bench-report $(QUICK_OUT)/bench.json --out-dir $(QUICK_OUT) $(QUICK_REPORT_ARGS)
 
-# Rerun the default grid; fail when any case's median epoch time regresses by more than THRESHOLD vs BASELINE.
+# Rerun the grid into COMPARE_OUT/candidate.json and test it against BASELINE (trainlib bench-compare: a rank test
+# per case and over the suite; slowdowns under CASE_MIN_EFFECT for one case, MIN_EFFECT for the suite's geometric
+# mean, ignored): a table, exit 1 on a regression, else 0.
 bench-compare: setup
-	@test -n "$(BASELINE)" || { echo "bench-compare: no baseline in bench/results/; run make bench or pass BASELINE=" >&2; exit 2; }
-	$(BIN)/python -m pytest bench --workers "$(WORKERS)" --benchmark-autosave \
-		--benchmark-compare=$(BASELINE) --benchmark-compare-fail=median:$(THRESHOLD) $(BENCH_ARGS)
+	@test -f "$(BASELINE)" || { echo "bench-compare: baseline '$(BASELINE)' not found; run make bench (or make bench-quick with BENCH_ARGS=--quick) first, or pass BASELINE=" >&2; exit 2; }
+	mkdir -p $(COMPARE_OUT)
+	$(BIN)/python -m pytest bench -q $(WORKER_ARGS) --benchmark-json=$(COMPARE_OUT)/candidate.json $(BENCH_STUDY) $(BENCH_ARGS)
+	$(BIN)/trainlib bench-compare '$(BASELINE)' $(COMPARE_OUT)/candidate.json --min-effect $(MIN_EFFECT) --case-min-effect $(CASE_MIN_EFFECT)
 
 # On a GPU machine with torch, numpy, pytest and pytest-benchmark (no virtual environment, no MLflow or Optuna):
 # the CUDA grid (speed knobs, accuracy guard, workers and memory) in at most 8 minutes, one JSON under

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import tomllib
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -13,7 +14,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from bench.support import torch_environment
+from bench.interleave import Interleaver, RoundRules
+from bench.support import MachineLoad, torch_environment
 from trainlib.data import DatasetSplits, OnTheFlyMNIST1D, mnist1d_arrays
 from trainlib.errors import InvalidArgument
 from trainlib.workload import Workload, check_workload, workload_from_sections
@@ -53,6 +55,25 @@ def non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
     return int(text)
+
+
+def positive_float(text: str) -> float:
+    """Parse a positive number option."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def positive_fraction(text: str) -> float:
+    """Parse a fraction in (0, 1)."""
+    value = positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 such as 0.02, got {text!r}")
+    return value
 
 
 def study_file(text: str) -> Path:
@@ -97,8 +118,10 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "knob_batch_sizes": ([32, 128, 512], [128]),
     "image_samples": (2048, 512),
     "cuda_image_samples": (20000, 10000),
-    "rounds": (5, 2),
-    "parity_rounds": (7, 2),
+    "rounds": (6, 6),
+    "max_rounds": (30, 12),
+    "interval_target": (0.02, 0.03),
+    "group_seconds": (120.0, 20.0),
     "warmup_rounds": (1, 1),
     "torch_threads": (1, 1),
 }
@@ -142,9 +165,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="A study file (experiments/*.toml or your own): measure its model and data over device x workers x "
         "its [search] batch sizes instead of the default grid (make bench CONFIG=...).",
     )
-    group.addoption("--rounds", type=positive_int, help="Timed epochs per grid case (5; quick 2).")
-    group.addoption("--parity-rounds", type=positive_int, help="Timed epochs per parity loop (7; quick 2).")
-    group.addoption("--warmup-rounds", type=positive_int, help="Untimed epochs before the timed ones (1).")
+    group.addoption(
+        "--rounds",
+        type=positive_int,
+        help="Timed epochs per case at least (6: fewest whose order-statistic interval of the median reaches 95%%).",
+    )
+    group.addoption("--max-rounds", type=positive_int, help="Timed epochs per case at most (30; quick 12).")
+    group.addoption(
+        "--interval-target",
+        type=positive_fraction,
+        help="Keep cycling a comparison group until each case's median is known to within this fraction "
+        "(its 95%% interval's half width; 0.02, quick 0.03), or --group-seconds ran out.",
+    )
+    group.addoption(
+        "--group-seconds",
+        type=positive_float,
+        help="Seconds after which a group's rounds stop adapting: no cycles beyond --rounds (120; quick 20).",
+    )
+    group.addoption("--warmup-rounds", type=non_negative_int, help="Untimed epochs before the timed ones (1).")
     group.addoption(
         "--torch-threads",
         type=non_negative_int,
@@ -165,6 +203,7 @@ def pytest_configure(config: pytest.Config) -> None:
     threads = config.option.torch_threads
     if threads:
         torch.set_num_threads(threads)
+    config.machine_load = MachineLoad()  # type: ignore[attr-defined]
     study = config.getoption("config", default=None)
     config.study_workload = read_study_workload(study) if study is not None else None  # type: ignore[attr-defined]
 
@@ -182,6 +221,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
     """Add torch/CUDA versions, GPU name and count, CPU model, core and thread counts."""
     machine_info.update(torch_environment())
+    machine_info.update(config.machine_load.figures())  # type: ignore[attr-defined]
     for package in ("numpy", "mnist1d", "pytest-benchmark"):
         try:
             machine_info[f"{package.replace('-', '_')}_version"] = version(package)
@@ -212,3 +252,9 @@ def in_memory_train(pytestconfig: pytest.Config) -> TensorDataset:
 def on_the_fly_train(pytestconfig: pytest.Config) -> OnTheFlyMNIST1D:
     """MNIST-1D generated sample by sample in __getitem__: the CPU-bound workload workers exist for."""
     return OnTheFlyMNIST1D(num_samples=pytestconfig.getoption("--on-the-fly-samples"))
+
+
+@pytest.fixture(scope="session")
+def interleaved(pytestconfig: pytest.Config) -> Interleaver:
+    """Times each comparison group's rounds in turn (bench.interleave), once per session."""
+    return Interleaver(RoundRules.from_config(pytestconfig))

@@ -104,3 +104,62 @@ def peak_memory_figures(device: torch.device, resident_before_mb: float) -> dict
     if device.type == "cuda":
         figures["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return figures
+
+
+def _machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat (zeros where unreadable)."""
+    try:
+        fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / ticks, steal / ticks
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process, its reaped children, and its live descendants (DataLoader or compile workers)."""
+    times = os.times()
+    total = times.user + times.system + times.children_user + times.children_system
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces
+        parents[int(stat.parent.name)] = int(fields[1])
+        cpu[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    for pid in cpu:
+        ancestor = parents.get(pid)
+        while ancestor not in (None, 0, 1) and ancestor != os.getpid():
+            ancestor = parents.get(ancestor)
+        if ancestor == os.getpid():
+            total += cpu[pid]
+    return total
+
+
+class MachineLoad:
+    """How busy the machine was with other work while the bench ran: CPU cores used by other processes (and,
+    on a VM, stolen by the hypervisor) on average, and the load averages at the start and the end."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._machine_busy, self._machine_steal = _machine_cpu_seconds()
+        self._own = _own_cpu_seconds()
+        self._load_average_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else -1.0
+
+    def figures(self) -> dict[str, float]:
+        """Averages over the run so far (machine_info keys)."""
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        busy, steal = _machine_cpu_seconds()
+        own = _own_cpu_seconds() - self._own
+        return {
+            "bench_seconds": elapsed,
+            "other_processes_cpu_cores": max(busy - self._machine_busy - own, 0.0) / elapsed,
+            "stolen_cpu_cores": max(steal - self._machine_steal, 0.0) / elapsed,
+            "load_average_start": self._load_average_start,
+            "load_average_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else -1.0,
+        }

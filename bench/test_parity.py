@@ -3,23 +3,29 @@
 (a) trainlib's train_one_epoch over trainlib's loader with trainlib's optimizer factory, (b) a hand-written
 eager loop that slices pre-shuffled tensors, (c) the seed's loop over
 DataLoader(TensorDataset(...), batch_size=100, shuffle=True).
-Targets: (a) within 3% of (b); (a) at least 1.10x as fast as (c). The report computes the ratios.
+Targets: (a) within 3% of (b); (a) at least 1.10x as fast as (c). The three loops' rounds are interleaved
+(bench.interleave); the report computes the ratios with intervals.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.support import epoch_record, hardware_name, synchronized_perf_counter
+from bench.interleave import Case, Interleaver, replay_clock
+from bench.support import hardware_name
 from trainlib.data import make_loader
 from trainlib.engine import train_one_epoch
 from trainlib.models import build_model
 from trainlib.optim import build_optimizer
 
-pytestmark = pytest.mark.benchmark(timer=synchronized_perf_counter)
+pytestmark = pytest.mark.benchmark(timer=replay_clock)
 
 BATCH_SIZE, NUM_FEATURES, NUM_CLASSES, LEARNING_RATE = 100, 40, 10, 1e-3
 DEVICES = [
@@ -71,70 +77,61 @@ def seed_epoch(
     return total_loss / total_samples
 
 
-def time_epochs(benchmark, config: pytest.Config, loop: str, device: str, dataset: TensorDataset, run_epoch) -> None:
-    """Time ``run_epoch(model, criterion, optimizer)`` as parity case ``loop`` on a freshly seeded cnn1d."""
+LOOPS = ("trainlib", "eager", "seed")
+
+
+def interleave_group(device: str, **_: object) -> str:
+    """The three loops on one device are compared with each other."""
+    return f"parity-{device}"
+
+
+def build_case(fixture: Callable[[str], Any], config: pytest.Config, device: str, loop: str) -> Case:
+    """Loop ``loop`` on a freshly seeded cnn1d, ready to time one epoch.
+
+    (a) trainlib's train_one_epoch over make_loader's batched loader (GPU-resident on CUDA, like (b)), with the
+    optimizer from trainlib's factory as train_model does (fused Adam where torch has it); (b) the hand-written
+    eager loop over pre-shuffled tensors on the device and (c) the seed's loop over torch's per-sample DataLoader,
+    both with torch.optim.Adam built by hand, as the seed does.
+    """
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA is not available on this machine")
+    dataset: TensorDataset = fixture("in_memory_train")
     torch.manual_seed(0)
     model = build_model("cnn1d", NUM_FEATURES, NUM_CLASSES).to(device)
-    # (a) takes its optimizer from trainlib's factory, as train_model does (fused Adam where torch has it);
-    # (b) and (c) build torch.optim.Adam by hand, as the seed does.
+    criterion = nn.CrossEntropyLoss()
     if loop == "trainlib":
         optimizer = build_optimizer("adam", model.parameters(), LEARNING_RATE)
+        loader = make_loader(dataset, BATCH_SIZE, shuffle=True, device=device, resident=device == "cuda")
+        run_round = lambda: train_one_epoch(model, loader, criterion, optimizer, device)  # noqa: E731
+    elif loop == "eager":
+        optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+        inputs, targets = (tensor.to(device) for tensor in dataset.tensors)
+        run_round = lambda: eager_epoch(model, inputs, targets, criterion, optimizer, BATCH_SIZE)  # noqa: E731
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    benchmark.group = f"parity-{device}"
-    benchmark.pedantic(
-        run_epoch,
-        args=(model, nn.CrossEntropyLoss(), optimizer),
-        rounds=config.getoption("--parity-rounds"),
-        warmup_rounds=config.getoption("--warmup-rounds"),
-        iterations=1,
-    )
-    benchmark.extra_info.update(
-        epoch_record(
-            benchmark,
-            loop=loop,
-            device=device,
-            device_name=hardware_name(device),
-            workload="in_memory",
-            loader={"trainlib": "trainlib", "eager": "slices", "seed": "torch"}[loop],
-            num_workers=0,
-            memory="resident" if device == "cuda" and loop != "seed" else "pageable",
-            batch_size=BATCH_SIZE,
-            dataset_size=len(dataset),
-            warmup_rounds=config.getoption("--warmup-rounds"),
-            torch_threads=torch.get_num_threads(),
-        )
-    )
+        dataloader = DataLoader(TensorDataset(*dataset.tensors), batch_size=BATCH_SIZE, shuffle=True)
+        run_round = lambda: seed_epoch(model, dataloader, criterion, optimizer, device)  # noqa: E731
+    record = {
+        "loop": loop,
+        "device": device,
+        "device_name": hardware_name(device),
+        "workload": "in_memory",
+        "loader": {"trainlib": "trainlib", "eager": "slices", "seed": "torch"}[loop],
+        "num_workers": 0,
+        "memory": "resident" if device == "cuda" and loop != "seed" else "pageable",
+        "batch_size": BATCH_SIZE,
+        "dataset_size": len(dataset),
+        "torch_threads": torch.get_num_threads(),
+    }
+    return Case(run_round, record)
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_parity_trainlib(benchmark, pytestconfig: pytest.Config, in_memory_train: TensorDataset, device: str) -> None:
-    """(a) trainlib's train_one_epoch over make_loader's batched loader (GPU-resident on CUDA, like (b))."""
-    loader = make_loader(in_memory_train, BATCH_SIZE, shuffle=True, device=device, resident=device == "cuda")
-
-    def run_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer) -> float:
-        return train_one_epoch(model, loader, criterion, optimizer, device)
-
-    time_epochs(benchmark, pytestconfig, "trainlib", device, in_memory_train, run_epoch)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_parity_eager(benchmark, pytestconfig: pytest.Config, in_memory_train: TensorDataset, device: str) -> None:
-    """(b) the hand-written eager loop over pre-shuffled tensors on the device."""
-    inputs, targets = (tensor.to(device) for tensor in in_memory_train.tensors)
-
-    def run_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        eager_epoch(model, inputs, targets, criterion, optimizer, BATCH_SIZE)
-
-    time_epochs(benchmark, pytestconfig, "eager", device, in_memory_train, run_epoch)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_parity_seed(benchmark, pytestconfig: pytest.Config, in_memory_train: TensorDataset, device: str) -> None:
-    """(c) the seed's loop over torch's per-sample DataLoader."""
-    dataloader = DataLoader(TensorDataset(*in_memory_train.tensors), batch_size=BATCH_SIZE, shuffle=True)
-
-    def run_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer) -> float:
-        return seed_epoch(model, dataloader, criterion, optimizer, device)
-
-    time_epochs(benchmark, pytestconfig, "seed", device, in_memory_train, run_epoch)
+def test_parity_loop(
+    benchmark, request: pytest.FixtureRequest, interleaved: Interleaver, device: str, loop: str
+) -> None:
+    """Median epoch time of one loop, its rounds interleaved with the other two loops on the same device."""
+    measured = interleaved.time_case(request, benchmark, group=f"parity-{device}")
+    loss = measured.last_loss
+    assert loss is None or math.isfinite(loss), "a diverged epoch must not pass as a fast one"

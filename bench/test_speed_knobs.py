@@ -1,15 +1,16 @@
 """Speed knobs side by side: device × workload × batch size × precision × compile (× channels_last for images).
 
-Each case trains one epoch per round with trainlib's train_one_epoch (Adam, trainlib's loader, no workers). The
-first epoch is timed on its own before the warm-up and timed rounds: it holds torch.compile's compilation (and
-cuDNN's autotuning), which the report sets against the steady epochs to give the break-even epoch count. Peak
-memory: CUDA's max allocated bytes; on the CPU the growth of the resident set over the case.
+Each case trains one epoch per round with trainlib's train_one_epoch (Adam, trainlib's loader, no workers); the
+rounds of one workload and batch size are interleaved across knob settings and devices (bench.interleave). The
+first epoch is timed on its own while the case is built: it holds torch.compile's compilation (and cuDNN's
+autotuning), which the report sets against the steady epochs to give the break-even epoch count. Peak memory, over
+building and the first epoch: CUDA's max allocated bytes; on the CPU the growth of the resident set.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,8 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from bench.interleave import Case, Interleaver, replay_clock
 from bench.support import (
-    epoch_record,
     hardware_name,
     peak_memory_figures,
     reset_peak_memory,
@@ -30,7 +31,7 @@ from trainlib.models import build_model
 from trainlib.optim import build_optimizer
 from trainlib.speed import SpeedKnobs, compile_unsupported, precision_unsupported
 
-pytestmark = [pytest.mark.benchmark(timer=synchronized_perf_counter)]
+pytestmark = [pytest.mark.benchmark(timer=replay_clock)]
 
 # Workload -> (model, its options, the sample shape). mnist1d: the default study's 1-D CNN on MNIST-1D signals;
 # images: ResNet-8 on 3x32x32 shapes (trainlib.shapes), the workload where a GPU has work to do.
@@ -90,23 +91,29 @@ NEEDS_CUDA = pytest.mark.skipif(
 )
 
 
-def test_knob_epoch(
-    benchmark,
-    request: pytest.FixtureRequest,
+def interleave_group(workload: str, batch_size: int, **_: object) -> str:
+    """Cases compared with each other: every knob setting and device of one workload and batch size."""
+    return f"knobs-{workload}-batch_{batch_size}"
+
+
+def build_case(
+    fixture: Callable[[str], Any],
+    config: pytest.Config,
     device: str,
     workload: str,
     batch_size: int,
     precision: str,
     compiled: bool,
     channels_last: bool,
-) -> None:
-    """Median epoch time of one knob setting, its first (compiling) epoch, and its peak memory."""
-    config = request.config
+) -> Case:
+    """One knob setting ready to time; its first (compiling) epoch is run and timed here, with its peak memory."""
     resolved = torch.device(device)
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA is not available on this machine")
     why_not = precision_unsupported(precision, resolved) or (compiled and compile_unsupported(resolved))
     if why_not:
         pytest.skip(f"{precision}{' compiled' if compiled else ''} on {device}: {why_not}")
-    dataset: TensorDataset = request.getfixturevalue("knob_data")(workload, device)
+    dataset: TensorDataset = fixture("knob_data")(workload, device)
     model_name, options, shape = KNOB_WORKLOADS[workload]
     memory_before = reset_peak_memory(resolved)
     torch.manual_seed(0)
@@ -124,32 +131,43 @@ def test_knob_epoch(
     started = synchronized_perf_counter()
     first_loss = epoch()
     first_epoch_seconds = synchronized_perf_counter() - started
-    benchmark.group = f"knobs-{workload}"
-    # The first epoch was the warm-up (compilation, autotuning); the timed rounds follow it directly.
-    mean_loss = benchmark.pedantic(epoch, rounds=config.getoption("--rounds"), warmup_rounds=0, iterations=1)
-    benchmark.extra_info.update(
-        epoch_record(
-            benchmark,
-            device=device,
-            device_name=hardware_name(device),
-            workload=f"knobs-{workload}",
-            model=model_name,
-            dataset="mnist1d" if workload == "mnist1d" else "shapes",
-            loader="trainlib",
-            num_workers=0,
-            memory="pageable",
-            batch_size=batch_size,
-            dataset_size=len(dataset),
-            warmup_rounds=1,
-            torch_threads=torch.get_num_threads(),
-            precision=precision,
-            compile=compiled,
-            channels_last=channels_last,
-            first_epoch_seconds=first_epoch_seconds,
-            **peak_memory_figures(resolved, memory_before),
-        )
-    )
-    assert math.isfinite(first_loss) and math.isfinite(mean_loss), "a diverged epoch must not pass as a fast one"
+    if not math.isfinite(first_loss):
+        raise AssertionError("the first epoch diverged: a diverged epoch must not pass as a fast one")
+    record = {
+        "device": device,
+        "device_name": hardware_name(device),
+        "workload": f"knobs-{workload}",
+        "model": model_name,
+        "dataset": "mnist1d" if workload == "mnist1d" else "shapes",
+        "loader": "trainlib",
+        "num_workers": 0,
+        "memory": "pageable",
+        "batch_size": batch_size,
+        "dataset_size": len(dataset),
+        "torch_threads": torch.get_num_threads(),
+        "precision": precision,
+        "compile": compiled,
+        "channels_last": channels_last,
+        "first_epoch_seconds": first_epoch_seconds,
+        **peak_memory_figures(resolved, memory_before),
+    }
+    return Case(epoch, record, warmed_up=True)
+
+
+def test_knob_epoch(
+    benchmark,
+    request: pytest.FixtureRequest,
+    interleaved: Interleaver,
+    device: str,
+    workload: str,
+    batch_size: int,
+    precision: str,
+    compiled: bool,
+    channels_last: bool,
+) -> None:
+    """Median epoch time of one knob setting (rounds interleaved with the other settings), its first epoch, memory."""
+    measured = interleaved.time_case(request, benchmark)
+    assert math.isfinite(measured.last_loss), "a diverged epoch must not pass as a fast one"
 
 
 @pytest.fixture(scope="session")

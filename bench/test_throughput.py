@@ -1,20 +1,23 @@
 """Epoch throughput over the grid: device × workload × loader × DataLoader workers (× host memory on CUDA).
 
 Each round times exactly one full training epoch (trainlib's train_one_epoch: forward, backward and Adam step
-over the whole training split) after warm-up epochs; the timer synchronises CUDA (bench.support).
+over the whole training split) after warm-up epochs; the timer synchronises CUDA (bench.support). The rounds of
+one workload's cases are interleaved (bench.interleave).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from copy import deepcopy
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from bench.support import epoch_record, hardware_name, synchronized_perf_counter
+from bench.interleave import Case, Interleaver, replay_clock
+from bench.support import hardware_name
 from trainlib.data import make_loader
 from trainlib.engine import train_one_epoch
 from trainlib.loader_tuning import label_of, probe_loader_settings, training_step
@@ -23,7 +26,7 @@ from trainlib.optim import build_optimizer
 from trainlib.workload import build_workload_model
 
 pytestmark = [
-    pytest.mark.benchmark(timer=synchronized_perf_counter),
+    pytest.mark.benchmark(timer=replay_clock),
     pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning"),  # more workers than cores, on purpose
 ]
 
@@ -88,29 +91,35 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     )
 
 
-def test_epoch_throughput(
-    benchmark,
-    request: pytest.FixtureRequest,
+def interleave_group(device: str, workload: str, batch_size: int, **_: object) -> str:
+    """Cases compared with each other: every loader, worker count and device of one workload and batch size."""
+    return f"{workload}-batch_{batch_size}"
+
+
+def build_case(
+    fixture: Callable[[str], Any],
+    config: pytest.Config,
     device: str,
     workload: str,
     loader: str,
     num_workers: int | str,
     memory: str,
     batch_size: int,
-) -> None:
-    """Median time of one training epoch (cnn1d, or the --config study's model) with Adam for this case.
+) -> Case:
+    """One epoch (cnn1d, or the --config study's model) with Adam over this case's loader, ready to time.
 
     num_workers "auto" first runs the loader probe (trainlib.loader_tuning) on this workload, then times epochs with
     its pick; the probe's seconds and every candidate's rate go into the record.
     """
-    config = request.config
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA is not available on this machine")
     torch.manual_seed(0)
     if workload == "study":
-        study, splits = config.study_workload, request.getfixturevalue("study_splits")  # type: ignore[attr-defined]
+        study, splits = config.study_workload, fixture("study_splits")  # type: ignore[attr-defined]
         dataset, model = splits.train, build_workload_model(study.workload, splits)
         names = {"workload": study.name, "model": study.workload.model, "dataset": study.workload.data}
     else:
-        dataset, model = request.getfixturevalue(f"{workload}_train"), build_model("cnn1d", NUM_FEATURES, NUM_CLASSES)
+        dataset, model = fixture(f"{workload}_train"), build_model("cnn1d", NUM_FEATURES, NUM_CLASSES)
         names = {"workload": workload, "model": "cnn1d", "dataset": "mnist1d"}
     probe: dict[str, object] = {}
     if num_workers == "auto":
@@ -138,28 +147,33 @@ def test_epoch_throughput(
     )
     model = model.to(device)
     optimizer = build_optimizer("adam", model.parameters(), LEARNING_RATE)
-    benchmark.group = names["workload"]
-    mean_loss = benchmark.pedantic(
-        train_one_epoch,
-        args=(model, train_loader, nn.CrossEntropyLoss(), optimizer, device),
-        rounds=config.getoption("--rounds"),
-        warmup_rounds=config.getoption("--warmup-rounds"),
-        iterations=1,
-    )
-    benchmark.extra_info.update(
-        epoch_record(
-            benchmark,
-            device=device,
-            device_name=hardware_name(device),
-            **names,
-            loader=loader,
-            num_workers=num_workers,
-            memory=memory,
-            batch_size=batch_size,
-            dataset_size=len(dataset),
-            warmup_rounds=config.getoption("--warmup-rounds"),
-            torch_threads=torch.get_num_threads(),
-            **probe,
-        )
-    )
-    assert math.isfinite(mean_loss), "a diverged epoch must not pass as a fast one"
+    criterion = nn.CrossEntropyLoss()
+    record = {
+        "device": device,
+        "device_name": hardware_name(device),
+        **names,
+        "loader": loader,
+        "num_workers": num_workers,
+        "memory": memory,
+        "batch_size": batch_size,
+        "dataset_size": len(dataset),
+        "torch_threads": torch.get_num_threads(),
+        **probe,
+    }
+    return Case(lambda: train_one_epoch(model, train_loader, criterion, optimizer, device), record)
+
+
+def test_epoch_throughput(
+    benchmark,
+    request: pytest.FixtureRequest,
+    interleaved: Interleaver,
+    device: str,
+    workload: str,
+    loader: str,
+    num_workers: int | str,
+    memory: str,
+    batch_size: int,
+) -> None:
+    """Median time of one training epoch for this case, its rounds interleaved with the others of its workload."""
+    measured = interleaved.time_case(request, benchmark)
+    assert math.isfinite(measured.last_loss), "a diverged epoch must not pass as a fast one"

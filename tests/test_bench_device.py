@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_bench_device_runs_every_part_and_writes_one_json_the_report_reads(tmp_path: Path) -> None:
     out = tmp_path / "device.json"
     small = ["--in-memory-samples", "250", "--image-samples", "16", "--rounds", "1", "--knob-batch-sizes", "32 128"]
+    small += ["--max-rounds", "1"]
     small += ["--guard-epochs", "1", "--workers", "0"]
 
     result = subprocess.run(

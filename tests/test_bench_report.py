@@ -20,7 +20,7 @@ GRID_CASES = {
     for workers in (0, 2)
 }
 GRID_CASES |= {f"test_epoch_throughput[cpu-{workload}-auto_workers]" for workload in ("in_memory", "on_the_fly")}
-PARITY_CASES = {f"test_parity_{loop}[cpu]" for loop in ("trainlib", "eager", "seed")}
+PARITY_CASES = {f"test_parity_loop[cpu-{loop}]" for loop in ("trainlib", "eager", "seed")}
 # The quick grid's speed-knob cases on the CPU: each knob once against fp32 eager, for both knob workloads.
 KNOB_CASES = {
     f"test_knob_epoch[cpu-{workload}-batch_128-{knobs}]"
@@ -68,6 +68,8 @@ def quick_bench(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "64",
             "--guard-epochs",
             "2",
+            "--max-rounds",
+            "6",
         ],
         cwd=REPO,
         capture_output=True,
@@ -87,6 +89,9 @@ def test_quick_bench_records_every_cpu_case_with_its_throughput(quick_bench):
     if not torch.cuda.is_available():
         assert set(benchmarks) == CPU_CASES
         assert "CUDA is not available on this machine" in quick_bench["output"]  # the skip reason is shown
+    groups: dict[str, set[str]] = {}
+    for name, bench in benchmarks.items():
+        groups.setdefault(bench["extra_info"].get("interleave_group", "none"), set()).add(name)
     for name, bench in benchmarks.items():
         extra = bench["extra_info"]
         if name in GUARD_CASES:  # one training run to the target: its figures are times, not a throughput
@@ -95,8 +100,12 @@ def test_quick_bench_records_every_cpu_case_with_its_throughput(quick_bench):
             continue
         assert set(extra) >= RECORD_KEYS, name
         assert extra["samples_per_second"] == pytest.approx(extra["dataset_size"] / bench["stats"]["median"])
-        assert bench["stats"]["rounds"] == 2
-        assert bench["options"]["timer"] == "synchronized_perf_counter"  # the CUDA-synchronising timer is in use
+        assert bench["stats"]["rounds"] == 6 and len(bench["stats"]["data"]) == 6  # --rounds (quick 6) = --max-rounds
+        assert bench["options"]["timer"] == "interleaved_rounds"  # the rounds timed in turn are handed over
+        assert extra["interleaved_cases"] == len(groups[extra["interleave_group"]]), name
+    assert groups["parity-cpu"] == PARITY_CASES
+    assert groups["in_memory-batch_100"] == {name for name in GRID_CASES if "in_memory" in name}
+    assert groups["knobs-images-batch_128"] == {name for name in KNOB_CASES if "images" in name}
     assert (
         benchmarks["test_epoch_throughput[cpu-in_memory-torch_loader-0_workers]"]["extra_info"]["dataset_size"] == 2000
     )
@@ -116,7 +125,8 @@ def test_write_reports_writes_tables_chart_and_mlflow_runs(quick_bench, tmp_path
     assert "## in_memory: 2,000 training samples per epoch" in markdown
     assert "## on_the_fly: 400 training samples per epoch" in markdown
     assert "| cpu | - | trainlib | 2 |" in markdown and "| cpu | - | torch | 0 |" in markdown
-    assert markdown.count("Best on this machine: **") == 2
+    assert markdown.count("Highest median: **") == 2
+    assert "samples/s (median [95% interval])" in markdown and "Other processes used " in markdown
     assert markdown.count("num_workers = auto picked ") == 2 and "of the best grid case" in markdown
     assert "(a)/(b) epoch time = " in markdown and "as fast as (c)" in markdown
     assert "## Speed knobs, mnist1d: cnn1d on mnist1d, 2,000 samples per epoch, batch size 128" in markdown
@@ -128,7 +138,14 @@ def test_write_reports_writes_tables_chart_and_mlflow_runs(quick_bench, tmp_path
     with report.csv.open() as handle:
         rows = {row["name"]: row for row in csv.DictReader(handle)}
     assert set(rows) == names
-    assert float(rows["test_epoch_throughput[cpu-in_memory-torch_loader-0_workers]"]["speedup"]) == 1.0
+    baseline = rows["test_epoch_throughput[cpu-in_memory-torch_loader-0_workers]"]
+    assert float(baseline["speedup"]) == 1.0 and baseline["speedup_verdict"] == "baseline"
+    for row in rows.values():  # every timed case has its 95% interval around its median
+        if row["group"] != "guard":
+            low, high = float(row["samples_per_second_low"]), float(row["samples_per_second_high"])
+            assert low <= float(row["samples_per_second"]) <= high, row["name"]
+    verdicts = {row["speedup_verdict"] for row in rows.values() if row["speedup_verdict"] not in ("", "baseline")}
+    assert verdicts and verdicts <= {"faster", "slower", "no difference measurable here"}
     assert report.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and report.chart.stat().st_size > 10_000
 
     client = MlflowClient(tracking_uri)

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / ".whl"
 CARRIED_PACKAGES = ("mnist1d",)  # what a bare GPU machine lacks; each must have a wheel in .whl/
 TIME_CAP_SECONDS = 8 * 60
+# Interleaved groups stop adapting after 20 s (at least --rounds cycles still run): the parts fit the time cap.
+ROUND_DEFAULTS = ["--group-seconds", "20", "--max-rounds", "15"]
 PARTS = (
     ("knobs", ["bench/test_speed_knobs.py", "-k", "cuda or (cpu and fp32-eager and not channels_last)"]),
     ("guard", ["bench/test_accuracy_guard.py", "-k", "cuda or cpu-fp32-eager"]),
@@ -65,6 +67,7 @@ def run_part(name: str, selection: list[str], extra: list[str], json_path: Path,
         "-p",
         "no:cacheprovider",
         f"--benchmark-json={json_path}",
+        *ROUND_DEFAULTS,
         *extra,
     ]
     print(f"bench-device: part {name}, at most {seconds:.0f} s: {' '.join(command[3:])}", flush=True)

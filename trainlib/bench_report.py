@@ -15,14 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-from trainlib.bench_sections import (
-    device_speedup_section,
-    guard_section,
-    knob_section,
-    listing,
-    parity_section,
-    workload_section,
-)
+from trainlib.bench_knob_sections import device_speedup_section, guard_section, knob_section
+from trainlib.bench_sections import case_speed_ratio, header_section, parity_section, workload_section
+from trainlib.bench_stats import median_interval, speed_verdict
 from trainlib.errors import InvalidArgument
 from trainlib.stores import resolve_tracking_uri
 
@@ -84,7 +79,7 @@ def load_results(json_path: str | Path) -> BenchResults:
             f"{', '.join(CASE_KEYS)} and timings); run 'make bench' to produce one"
         )
     cases = pd.DataFrame(rows)
-    cases["speedup"] = _speedups(cases)
+    cases = cases.join(_speedups(cases))
     return BenchResults(
         path=path,
         sha256=hashlib.sha256(raw).hexdigest(),
@@ -137,6 +132,7 @@ def _case_row(bench: dict[str, Any]) -> dict[str, Any]:
         "rounds": int(stats["rounds"]),
         "warmup_rounds": int(extra.get("warmup_rounds", 0)),
         "median_epoch_seconds": stats["median"],
+        **_median_figures(stats.get("data"), size),
         "min_epoch_seconds": stats["min"],
         "q1_epoch_seconds": stats["q1"],
         "q3_epoch_seconds": stats["q3"],
@@ -149,7 +145,17 @@ def _case_row(bench: dict[str, Any]) -> dict[str, Any]:
         "channels_last": bool(extra.get("channels_last", False)),
         **{key: _number(extra.get(key)) for key in KNOB_FIGURES},
         "probe_pick": str(extra.get("probe_pick", "")),
+        "interleave_group": str(extra.get("interleave_group", "")),
     }
+
+
+def _median_figures(data: Any, dataset_size: int) -> dict[str, Any]:
+    """The rounds' seconds (pytest-benchmark keeps them under stats.data) and the 95% interval of samples/s."""
+    rounds = [float(value) for value in data] if isinstance(data, list) else []
+    if not rounds or not all(math.isfinite(value) and value > 0 for value in rounds):
+        return {"round_seconds": [], "samples_per_second_low": math.nan, "samples_per_second_high": math.nan}
+    speed = median_interval(rounds).inverse().scaled(dataset_size)
+    return {"round_seconds": rounds, "samples_per_second_low": speed.low, "samples_per_second_high": speed.high}
 
 
 # Optional figures of knob and guard cases; NaN in the table where a case did not record one.
@@ -195,27 +201,41 @@ def _is_parity(cases: pd.DataFrame) -> pd.Series:
     return _section_of(cases) == "parity"
 
 
-def _speedups(cases: pd.DataFrame) -> pd.Series:
-    """samples/s over the baseline case of the workload and batch size (NaN where none ran): the worker grid's
-    baseline for its cases, fp32 eager on the same device for speed-knob cases; parity and guard excluded."""
+def _speedups(cases: pd.DataFrame) -> pd.DataFrame:
+    """samples/s over the baseline case of the workload and batch size, with its interval and verdict (NaN where
+    none ran): the worker grid's baseline for its cases, fp32 eager on the same device for speed-knob cases;
+    parity and guard excluded."""
     sections = _section_of(cases)
     knobs = cases[sections == "knobs"]
     grid = cases[sections == "grid"]
-    speedups = pd.Series(math.nan, index=cases.index)
+    bases: dict[Any, Any] = {}
     for _, rows in grid.groupby(["workload", "batch_size"]):
         for baseline in BASELINE_CASES:
             is_baseline = pd.Series(True, index=rows.index)
             for key, value in baseline.items():
                 is_baseline &= rows[key] == value
             if is_baseline.any():
-                base = rows.loc[is_baseline, "samples_per_second"].iloc[0]
-                speedups[rows.index] = rows["samples_per_second"] / base
+                bases.update(dict.fromkeys(rows.index, rows.loc[is_baseline].iloc[0]))
                 break
     for _, rows in knobs.groupby(["workload", "device", "batch_size"]):
         plain = rows[(rows["precision"] == "fp32") & ~rows["compile"] & ~rows["channels_last"]]
         if not plain.empty:
-            speedups[rows.index] = rows["samples_per_second"] / plain["samples_per_second"].iloc[0]
-    return speedups
+            bases.update(dict.fromkeys(rows.index, plain.iloc[0]))
+    columns = pd.DataFrame(
+        {"speedup": math.nan, "speedup_low": math.nan, "speedup_high": math.nan, "speedup_verdict": ""},
+        index=cases.index,
+    )
+    for index, base in bases.items():
+        row = cases.loc[index]
+        columns.loc[index, "speedup"] = row["samples_per_second"] / base["samples_per_second"]
+        if row["name"] == base["name"]:
+            columns.loc[index, ["speedup_low", "speedup_high", "speedup_verdict"]] = 1.0, 1.0, "baseline"
+            continue
+        interval = case_speed_ratio(row, base)
+        if interval is not None:
+            columns.loc[index, ["speedup_low", "speedup_high"]] = interval.low, interval.high
+            columns.loc[index, "speedup_verdict"] = speed_verdict(interval)
+    return columns
 
 
 def write_reports(
@@ -237,7 +257,7 @@ def write_reports(
         ) from None
     report = BenchReport(markdown=out / MARKDOWN_FILE, csv=out / CSV_FILE, chart=out / CHART_FILE)
     report.markdown.write_text(render_markdown(results), encoding="utf-8")
-    results.cases.to_csv(report.csv, index=False, float_format="%.6g")
+    results.cases.drop(columns="round_seconds").to_csv(report.csv, index=False, float_format="%.6g")
     plot_throughput(results, report.chart)
     log.debug("wrote %s", ", ".join(str(path) for path in report.files))
     if uri is None:
@@ -267,28 +287,7 @@ def render_markdown(results: BenchResults) -> str:
     grid, parity = cases[sections == "grid"], cases[sections == "parity"]
     knobs, guard = cases[sections == "knobs"], cases[sections == "guard"]
     machine = results.machine_info
-    commit = results.commit_info
-    commit_text = (
-        f", commit {str(commit.get('id', ''))[:7]}{' (dirty)' if commit.get('dirty') else ''}" if commit else ""
-    )
-    rounds = listing(cases["rounds"])
-    if len(grid) and len(parity):
-        rounds = f"{listing(grid['rounds'])} ({listing(parity['rounds'])} for the parity loops)"
-    gpus = f"{machine['gpu_name']} ×{machine['gpu_count']}" if machine.get("gpu_count") else "none"
-    lines = [
-        "# Epoch throughput",
-        "",
-        f"Bench run {results.datetime} (`{results.path.name}`){commit_text}.",
-        f"Machine: {machine.get('cpu_model', 'unknown CPU')}, {machine.get('usable_cpu_count', '?')} usable cores; "
-        f"torch {machine.get('torch_version', '?')} with {machine.get('torch_num_threads', '?')} intra-op thread(s); "
-        f"CUDA {machine.get('cuda_version', 'none')}; GPU: {gpus}.",
-        "",
-        f"One round is one full training epoch (forward, backward, Adam step) of {listing(cases['model'])} on "
-        f"{listing(cases['dataset'])} at batch size {listing(cases['batch_size'])}; samples/s is the training "
-        f"split's size over the median of {rounds} timed epochs, after {listing(cases['warmup_rounds'])} warm-up "
-        "epoch(s). IQR is the spread between the fast and slow quartile epochs, in samples/s. Speedup is over the "
-        "same workload's cpu / 0 workers case at the same batch size (torch's loader where it ran).",
-    ]
+    lines = header_section(cases, machine, results.commit_info, f"{results.datetime} (`{results.path.name}`)")
     if not machine.get("cuda_available", False):
         lines += ["", "No GPU here: the CUDA cases (pinned, pageable and GPU-resident memory) were skipped."]
     for workload, rows in grid.groupby("workload", sort=False):
@@ -327,10 +326,8 @@ def plot_throughput(results: BenchResults, path: Path) -> None:
             line = line.sort_values("num_workers")
             label = f"{device} · {loader}" + (f" · {memory}" if device != "cpu" else "")
             label += f" · batch {batch}" if several_batch_sizes else ""
-            fast, slow = (
-                line["dataset_size"] / line["q1_epoch_seconds"],
-                line["dataset_size"] / line["q3_epoch_seconds"],
-            )
+            fast = line["samples_per_second_high"].fillna(line["samples_per_second"])
+            slow = line["samples_per_second_low"].fillna(line["samples_per_second"])
             axis.errorbar(
                 line["num_workers"],
                 line["samples_per_second"],
@@ -341,7 +338,7 @@ def plot_throughput(results: BenchResults, path: Path) -> None:
             )
         axis.set_title(f"{workload} ({rows['dataset_size'].iloc[0]:,} samples/epoch)")
         axis.set_xlabel("DataLoader workers")
-        axis.set_ylabel("samples/s (median, IQR bars)")
+        axis.set_ylabel("samples/s (median, 95% interval)")
         axis.set_xticks(sorted(rows["num_workers"].unique()))
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)

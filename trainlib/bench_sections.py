@@ -10,6 +10,19 @@ from typing import Any
 
 import pandas as pd
 
+from trainlib.bench_stats import Interval, median_interval, speed_ratio, speed_verdict, target_verdict
+
+
+def case_speed_ratio(row: Any, base: Any) -> Interval | None:
+    """samples/s of one case over another's, with its 95% interval; None without per-round data. Paired by cycle
+    when both were timed in the same interleaved group (bench.interleave)."""
+    if not len(row.round_seconds) or not len(base.round_seconds):
+        return None
+    paired = bool(row.interleave_group) and row.interleave_group == base.interleave_group
+    paired = paired and len(row.round_seconds) == len(base.round_seconds)
+    return speed_ratio(row.round_seconds, row.dataset_size, base.round_seconds, base.dataset_size, paired=bool(paired))
+
+
 PARITY_SLOWDOWN_LIMIT = 1.03  # (a) trainlib within 3% of (b) the eager loop
 PARITY_SPEEDUP_TARGET = 1.10  # (a) trainlib at least 1.10x as fast as (c) the seed's loop
 
@@ -18,21 +31,112 @@ def listing(values: pd.Series) -> str:
     return ", ".join(str(value) for value in sorted(values.unique()))
 
 
+FULL_COVERAGE_ROUNDS = 6  # the fewest epochs whose order-statistic interval of the median reaches 95%
+BUSY_MACHINE_CORES = 0.25  # other processes' average CPU use above which the report warns
+
+
+def header_section(cases: pd.DataFrame, machine: dict[str, Any], commit: dict[str, Any], run: str) -> list[str]:
+    """Title, what makes runs comparable (machine, torch, threads, commit), how rounds were timed, load warning."""
+    commit_text = (
+        f", commit {str(commit.get('id', ''))[:7]}{' (dirty tree)' if commit.get('dirty') else ''}" if commit else ""
+    )
+    gpus = f"{machine['gpu_name']} ×{machine['gpu_count']}" if machine.get("gpu_count") else "none"
+    timed = cases[cases["group"] != "guard"]
+    lines = [
+        "# Epoch throughput",
+        "",
+        f"Bench run {run}{commit_text}.",
+        f"Machine: {machine.get('cpu_model', 'unknown CPU')}, {machine.get('usable_cpu_count', '?')} usable cores; "
+        f"torch {machine.get('torch_version', '?')} with {machine.get('torch_num_threads', '?')} intra-op thread(s); "
+        f"CUDA {machine.get('cuda_version', 'none')}; GPU: {gpus}.",
+        *_load_lines(machine),
+        "",
+        f"One round is one full training epoch (forward, backward, Adam step) of {listing(cases['model'])} on "
+        f"{listing(cases['dataset'])} at batch size {listing(cases['batch_size'])}; samples/s is the training "
+        f"split's size over the median of a case's timed epochs ({listing(timed['rounds'])} rounds, after "
+        f"{listing(timed['warmup_rounds'])} warm-up epoch(s)). {_timing_sentence(timed)} A verdict says *faster* "
+        "or *slower* only when the "
+        "whole interval is above or below 1, else *no difference measurable here*. Speedup is over the same "
+        "workload's cpu / 0 workers case at the same batch size (torch's loader where it ran).",
+    ]
+    few = timed[timed["rounds"] < FULL_COVERAGE_ROUNDS]
+    if not few.empty:
+        coverage = median_interval([1.0] * int(few["rounds"].min())).confidence
+        lines += [
+            "",
+            f"**Few rounds:** {len(few)} case(s) ran fewer than {FULL_COVERAGE_ROUNDS} timed epochs; their median's "
+            f"interval is the range of their epochs and covers only {coverage:.0%} or more, and ratios of so few "
+            "epochs are rough: read their verdicts as tentative.",
+        ]
+    return lines
+
+
+def _timing_sentence(timed: pd.DataFrame) -> str:
+    if (timed["interleave_group"] != "").all():
+        return (
+            "The cases of one table were timed in turn, round by round (interleaved), so a slow patch of the machine "
+            "hits them alike. Intervals are 95%: order statistics for a median, a bootstrap paired by round for a "
+            "ratio."
+        )
+    return (
+        "The cases were timed one after another (this run predates interleaved rounds), so a slow patch of the "
+        "machine may favour one case. Intervals are 95%: order statistics for a median, a bootstrap for a ratio."
+    )
+
+
+def _load_lines(machine: dict[str, Any]) -> list[str]:
+    """How busy the machine was with other work during the run, and a warning when it was."""
+    other = machine.get("other_processes_cpu_cores")
+    if not isinstance(other, (int, float)):
+        return []
+    stolen = float(machine.get("stolen_cpu_cores", 0.0))
+    load = (
+        f"Other processes used {other:.2f} CPU cores on average during the run"
+        f"{f' and the hypervisor took {stolen:.2f}' if stolen >= 0.01 else ''} (load average "
+        f"{machine.get('load_average_start', -1):.2f} at the start, "
+        f"{machine.get('load_average_end', -1):.2f} at the end)."
+    )
+    if other + stolen > BUSY_MACHINE_CORES:
+        return [
+            load,
+            "",
+            "**Warning: the machine was busy during this run.** Its figures are slower than on an idle "
+            "machine of this kind and should not be compared with an idle run's.",
+        ]
+    return [load]
+
+
+def rate_cell(row: Any) -> str:
+    """'15,667 [14,902, 16,310]': median samples/s and its 95% interval (no interval without per-round data)."""
+    if math.isnan(row.samples_per_second_low):
+        return f"{row.samples_per_second:,.0f}"
+    return f"{row.samples_per_second:,.0f} [{row.samples_per_second_low:,.0f}, {row.samples_per_second_high:,.0f}]"
+
+
+def speedup_cells(row: Any) -> str:
+    """'1.19× [1.10, 1.27] | faster' for a row with a speedup column, or n/a cells."""
+    if math.isnan(row.speedup):
+        return "n/a | -"
+    if math.isnan(row.speedup_low):
+        return f"{row.speedup:.2f}× | -"
+    return f"{row.speedup:.2f}× [{row.speedup_low:.2f}, {row.speedup_high:.2f}] | {row.speedup_verdict}"
+
+
 def workload_section(workload: str, rows: pd.DataFrame) -> list[str]:
     rows = rows.sort_values(["batch_size", "device", "memory", "loader", "num_workers"])
     lines = [
         f"## {workload}: {rows['dataset_size'].iloc[0]:,} training samples per epoch "
         f"(model {listing(rows['model'])}, data {listing(rows['dataset'])})",
         "",
-        "| batch | device | memory | loader | workers | samples/s (median) | IQR (samples/s) | speedup |",
-        "|---:|---|---|---|---:|---:|---:|---:|",
+        "| batch | device | memory | loader | workers | samples/s (median [95% interval]) | speedup [95% interval] "
+        "| verdict |",
+        "|---:|---|---|---|---:|---:|---:|---|",
     ]
     for row in rows.itertuples():
         memory = row.memory if row.device != "cpu" else "-"
-        speedup = "n/a" if math.isnan(row.speedup) else f"{row.speedup:.2f}×"
         lines.append(
             f"| {row.batch_size} | {row.device} | {memory} | {row.loader} | {row.num_workers} "
-            f"| {row.samples_per_second:,.0f} | {row.samples_per_second_iqr:,.0f} | {speedup} |"
+            f"| {rate_cell(row)} | {speedup_cells(row)} |"
         )
     if workload == "on_the_fly" and set(rows["loader"]) == {"torch"}:
         lines += ["", "On-the-fly data is not a tensor dataset, so trainlib's loader is torch's DataLoader here."]
@@ -55,20 +159,23 @@ def _auto_sentences(rows: pd.DataFrame) -> list[str]:
         if grid.empty:
             continue
         best = grid.sort_values("samples_per_second", ascending=False).iloc[0]
-        ratio = row.samples_per_second / best["samples_per_second"]
-        verdict = f"within {AUTO_WITHIN:.0%}" if ratio >= 1 - AUTO_WITHIN else f"NOT within {AUTO_WITHIN:.0%}"
+        ratio = case_speed_ratio(row, best)
+        if ratio is None:
+            ratio_text = f"{row.samples_per_second / best['samples_per_second']:.2f}×"
+            verdict = "no per-round data to judge"
+        else:
+            ratio_text = ratio.text()
+            judged = target_verdict(ratio, 1 - AUTO_WITHIN, at_least=True)
+            within = {"met": "within", "NOT met": "NOT within"}.get(judged)
+            verdict = f"{within} {AUTO_WITHIN:.0%}" if within else f"within {AUTO_WITHIN:.0%} or not: undecided here"
         if _same_setting(row, best):
-            verdict += (
-                ": but it is the grid's best setting itself, so the gap is between two measurements of one setting "
-                f"(their IQRs: {row.samples_per_second_iqr:,.0f} and {best['samples_per_second_iqr']:,.0f} samples/s), "
-                "not a worse pick"
-            )
+            verdict += "; it is the grid's best setting itself, so a gap is between two measurements of one setting"
         workers = "1 worker" if row.num_workers == 1 else f"{row.num_workers} workers"
         sentences += [
             "",
             f"num_workers = auto picked {workers} on {row.device} ({row.probe_pick}; probe {row.probe_seconds:.1f} s): "
-            f"{row.samples_per_second:,.0f} samples/s, {ratio:.2f}× of the best grid case "
-            f"({best['loader']} loader, {best['num_workers']} workers: {best['samples_per_second']:,.0f}/s), "
+            f"{rate_cell(row)} samples/s, {ratio_text} of the best grid case's median "
+            f"({best['loader']} loader, {best['num_workers']} workers: {best['samples_per_second']:,.0f}/s): "
             f"{verdict}.",
         ]
     return sentences
@@ -88,27 +195,39 @@ def _case_label(row: Any) -> str:
 
 
 def _best_sentence(rows: pd.DataFrame) -> str:
-    ranked = rows.sort_values("samples_per_second", ascending=False)
-    best = next(ranked.itertuples())
-    sentence = f"Best on this machine: **{_case_label(best)}** at {best.samples_per_second:,.0f} samples/s"
-    if not math.isnan(best.speedup):
-        sentence += f" ({best.speedup:.2f}× the baseline)"
-    if len(ranked) > 1:
-        runner_up = list(ranked.itertuples())[1]
-        # Ranges of the quartile epochs overlap: the order of the two is within this run's noise.
-        if runner_up.dataset_size / runner_up.q1_epoch_seconds >= best.dataset_size / best.q3_epoch_seconds:
-            sentence += f"; {_case_label(runner_up)} is within the measured spread of it"
-    return sentence + "."
+    """The fastest case, and only the ranking its intervals support: which others it is not measurably faster than."""
+    ranked = list(rows.sort_values("samples_per_second", ascending=False).itertuples())
+    best = ranked[0]
+    ratios = [(other, case_speed_ratio(best, other)) for other in ranked[1:]]
+    if any(ratio is None for _, ratio in ratios):
+        return f"Highest median: **{_case_label(best)}** ({best.samples_per_second:,.0f} samples/s; no per-round data)."
+    ties = [other for other, ratio in ratios if speed_verdict(ratio) != "faster"]
+    sentence = f"Highest median: **{_case_label(best)}** at {best.samples_per_second:,.0f} samples/s"
+    if not ratios:
+        return sentence + "."
+    if not ties:
+        runner_up, ratio = ratios[0]
+        next_case = f"next: {_case_label(runner_up)}, by {ratio.text()}"
+        return sentence + f", measurably faster than every other case ({next_case})."
+    names = "; ".join(_case_label(other) for other in ties)
+    return (
+        sentence + f", but not measurably faster than {names} (the intervals of their ratios include 1): this run "
+        "does not rank these."
+    )
 
 
-def parity_ratios(rows: pd.DataFrame, statistic: str = "median") -> dict[str, float]:
-    """Epoch-time ratios of the parity loops: trainlib / eager (target <= 1.03), seed / trainlib (>= 1.10)."""
-    median = rows.set_index("loop")[f"{statistic}_epoch_seconds"]
-    ratios: dict[str, float] = {}
-    if {"trainlib", "eager"} <= set(median.index):
-        ratios["trainlib_over_eager"] = median["trainlib"] / median["eager"]
-    if {"trainlib", "seed"} <= set(median.index):
-        ratios["seed_over_trainlib"] = median["seed"] / median["trainlib"]
+def parity_ratios(rows: pd.DataFrame) -> dict[str, Interval]:
+    """Epoch-time ratios of the parity loops with intervals: trainlib / eager (target <= 1.03), seed / trainlib
+    (>= 1.10); paired by cycle when the loops were interleaved."""
+    by_loop = {row.loop: row for row in rows.itertuples()}
+    ratios: dict[str, Interval] = {}
+    # A speed ratio of other over trainlib is trainlib's epoch time over the other's (same data, same size).
+    pairs = {"trainlib_over_eager": ("eager", "trainlib"), "seed_over_trainlib": ("trainlib", "seed")}
+    for name, (faster, slower) in pairs.items():
+        if faster in by_loop and slower in by_loop:
+            ratio = case_speed_ratio(by_loop[faster], by_loop[slower])
+            if ratio is not None:
+                ratios[name] = ratio
     return ratios
 
 
@@ -122,173 +241,25 @@ def parity_section(device: str, rows: pd.DataFrame) -> list[str]:
         f"## Loop parity ({device}): {rows['dataset_size'].iloc[0]:,} training samples, batch size "
         f"{rows['batch_size'].iloc[0]}",
         "",
-        "| loop | median epoch (s) | IQR (s) | fastest epoch (s) | samples/s (median) |",
+        "| loop | median epoch (s) | fastest epoch (s) | rounds | samples/s (median [95% interval]) |",
         "|---|---:|---:|---:|---:|",
     ]
     order = {loop: index for index, loop in enumerate(names)}
     for row in sorted(rows.itertuples(), key=lambda row: order.get(row.loop, len(order))):
         lines.append(
-            f"| {names.get(row.loop, row.loop)} | {row.median_epoch_seconds:.3f} "
-            f"| {row.q3_epoch_seconds - row.q1_epoch_seconds:.3f} | {row.min_epoch_seconds:.3f} "
-            f"| {row.samples_per_second:,.0f} |"
+            f"| {names.get(row.loop, row.loop)} | {row.median_epoch_seconds:.3f} | {row.min_epoch_seconds:.3f} "
+            f"| {row.rounds} | {rate_cell(row)} |"
         )
     ratios = parity_ratios(rows)
     checks = []
     if "trainlib_over_eager" in ratios:
         ratio = ratios["trainlib_over_eager"]
-        met = "met" if ratio <= PARITY_SLOWDOWN_LIMIT else "NOT met"
-        checks.append(f"(a)/(b) epoch time = {ratio:.3f} (target ≤ {PARITY_SLOWDOWN_LIMIT:.2f}: {met})")
+        verdict = target_verdict(ratio, PARITY_SLOWDOWN_LIMIT, at_least=False)
+        checks.append(f"(a)/(b) epoch time = {ratio.text(3, '')} (target ≤ {PARITY_SLOWDOWN_LIMIT:.2f}: {verdict})")
     if "seed_over_trainlib" in ratios:
         ratio = ratios["seed_over_trainlib"]
-        met = "met" if ratio >= PARITY_SPEEDUP_TARGET else "NOT met"
-        checks.append(f"(a) is {ratio:.2f}× as fast as (c) (target ≥ {PARITY_SPEEDUP_TARGET:.2f}×: {met})")
+        verdict = target_verdict(ratio, PARITY_SPEEDUP_TARGET, at_least=True)
+        checks.append(f"(a) is {ratio.text()} as fast as (c) (target ≥ {PARITY_SPEEDUP_TARGET:.2f}×: {verdict})")
     if checks:
-        lines += ["", "; ".join(checks) + "."]
-    fastest = parity_ratios(rows, "min")
-    if len(fastest) == 2:  # fastest epochs: least disturbed by other load on a shared machine
-        lines += [
-            "",
-            f"On the fastest epochs instead of medians: (a)/(b) = {fastest['trainlib_over_eager']:.3f}, "
-            f"(a) is {fastest['seed_over_trainlib']:.2f}× as fast as (c).",
-        ]
-    return lines
-
-
-def _knob_label(row: Any) -> str:
-    parts = [row.precision, "compiled" if row.compile else "eager"]
-    return " · ".join([*parts, "channels_last"] if row.channels_last else parts)
-
-
-def device_speedup_section(knobs: pd.DataFrame, machine: dict[str, Any]) -> list[str]:
-    """fp32 eager samples/s on the CPU and on CUDA per workload and batch size, and where the GPU starts to pay."""
-    plain = knobs[(knobs["precision"] == "fp32") & ~knobs["compile"] & ~knobs["channels_last"]]
-    lines = [
-        "## CPU against CUDA (fp32, eager)",
-        "",
-        "| workload | batch | CPU samples/s | CUDA samples/s | CUDA / CPU |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    verdicts = []
-    for workload, rows in plain.groupby("workload", sort=False):
-        pays_from = None
-        for batch_size, pair in rows.groupby("batch_size"):
-            by_device = pair.set_index("device")["samples_per_second"]
-            cpu, cuda = by_device.get("cpu", math.nan), by_device.get("cuda", math.nan)
-            ratio = cuda / cpu
-            if pays_from is None and ratio > 1:
-                pays_from = batch_size
-            cells = [f"{value:,.0f}" if not math.isnan(value) else "not measured" for value in (cpu, cuda)]
-            lines.append(
-                f"| {str(workload).removeprefix('knobs-')} | {batch_size} | {cells[0]} | {cells[1]} "
-                f"| {'n/a' if math.isnan(ratio) else f'{ratio:.2f}×'} |"
-            )
-        if "cuda" in set(rows["device"]):
-            verdicts.append(
-                f"{str(workload).removeprefix('knobs-')}: the GPU pays from batch size {pays_from} on"
-                if pays_from is not None
-                else f"{str(workload).removeprefix('knobs-')}: the GPU did not beat the CPU at any batch size measured"
-            )
-    if not machine.get("cuda_available", False):
-        lines += [
-            "",
-            "CUDA not measured in this run (no GPU here): `make bench-device` on a GPU machine fills this column.",
-        ]
-    elif verdicts:
-        lines += ["", "; ".join(verdicts) + "."]
-    return lines
-
-
-def knob_section(workload: str, rows: pd.DataFrame) -> list[str]:
-    """Each knob setting at the knob batch size: speed against fp32 eager, compile cost and break-even, memory."""
-    compared = rows[rows["batch_size"] == rows["batch_size"].mode().iloc[0]]
-    lines = [
-        f"## Speed knobs, {workload.removeprefix('knobs-')}: {listing(compared['model'])} on "
-        f"{listing(compared['dataset'])}, {compared['dataset_size'].iloc[0]:,} samples per epoch, batch size "
-        f"{compared['batch_size'].iloc[0]}",
-        "",
-        "| device | knobs | samples/s (median) | vs fp32 eager | first epoch (s) | compile + warm-up (s) "
-        "| break-even (epochs) | memory (MiB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for device, on_device in compared.groupby("device", sort=False):
-        for row in _knob_order(on_device).itertuples():
-            overhead, break_even = _compile_cost(row, on_device)
-            memory = row.peak_memory_mb if not math.isnan(row.peak_memory_mb) else row.rss_growth_mb
-            memory_text = (
-                "n/a" if math.isnan(memory) else f"{memory:,.0f}" + (" (RSS growth)" if device == "cpu" else "")
-            )
-            lines.append(
-                f"| {device} | {_knob_label(row)} | {row.samples_per_second:,.0f} "
-                f"| {'n/a' if math.isnan(row.speedup) else f'{row.speedup:.2f}×'} "
-                f"| {_seconds(row.first_epoch_seconds)} | {overhead} | {break_even} | {memory_text} |"
-            )
-    lines += [
-        "",
-        "First epoch: timed on its own before the timed rounds (it holds compilation and autotuning). Compile + "
-        "warm-up: how much longer the compiled first epoch took than a steady one, beyond the same for eager. "
-        "Break-even: epochs after which the compiled run has caught up with eager (never: its steady epochs are "
-        "not faster). Memory: CUDA's peak allocated bytes; on the CPU the growth of the resident set.",
-    ]
-    return lines
-
-
-PRECISION_ORDER = {"fp32": 0, "bf16": 1, "fp16": 2}
-
-
-def _knob_order(rows: pd.DataFrame) -> pd.DataFrame:
-    """fp32 eager first, then by precision, compilation and memory format."""
-    key = rows["precision"].map(PRECISION_ORDER).fillna(9) * 4 + rows["compile"] * 2 + rows["channels_last"]
-    return rows.assign(_order=key).sort_values("_order").drop(columns="_order")
-
-
-def _seconds(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.2f}"
-
-
-def _compile_cost(row: Any, on_device: pd.DataFrame) -> tuple[str, str]:
-    """A compiled row's extra first-epoch seconds over its eager twin and its break-even epoch count."""
-    if not row.compile:
-        return "-", "-"
-    twin = on_device[
-        (on_device["precision"] == row.precision)
-        & ~on_device["compile"]
-        & (on_device["channels_last"] == row.channels_last)
-    ]
-    if twin.empty or math.isnan(row.first_epoch_seconds):
-        return "n/a", "n/a"
-    eager = twin.iloc[0]
-    overhead = (row.first_epoch_seconds - row.median_epoch_seconds) - (
-        eager["first_epoch_seconds"] - eager["median_epoch_seconds"]
-    )
-    saving = eager["median_epoch_seconds"] - row.median_epoch_seconds
-    break_even = "never" if saving <= 0 else f"{max(math.ceil(overhead / saving), 0):,}"
-    return f"{overhead:.1f}", break_even
-
-
-def guard_section(guard: pd.DataFrame) -> list[str]:
-    """Time to the default study's target accuracy for each knob setting, against fp32 eager on the same device."""
-    target = guard["target_accuracy"].iloc[0]
-    lines = [
-        f"## Accuracy guard: time to {target:.0%} validation accuracy (the default study's best configuration, "
-        f"{listing(guard['model'])} on {listing(guard['dataset'])}, batch size {listing(guard['batch_size'])})",
-        "",
-        "| device | knobs | reached | epochs to target | time to target (s) | vs fp32 eager | best val accuracy |",
-        "|---|---|---|---:|---:|---:|---:|",
-    ]
-    for _, on_device in guard.groupby("device", sort=False):
-        plain = on_device[(on_device["precision"] == "fp32") & ~on_device["compile"]]
-        base = plain["time_to_target"].iloc[0] if not plain.empty else math.nan
-        for row in _knob_order(on_device).itertuples():
-            reached = not math.isnan(row.time_to_target)
-            ratio = row.time_to_target / base if reached and not math.isnan(base) else math.nan
-            lines.append(
-                f"| {row.device} | {_knob_label(row)} | {'yes' if reached else 'no'} "
-                f"| {f'{row.epochs_to_target:.0f}' if reached else '-'} | {_seconds(row.time_to_target)} "
-                f"| {'n/a' if math.isnan(ratio) else f'{ratio:.2f}×'} | {row.best_val_accuracy:.1%} |"
-            )
-    lines += [
-        "",
-        "Time to target: the training epochs' seconds until validation accuracy first reached the target, "
-        "compilation included; a knob with faster epochs that needs more of them shows it here.",
-    ]
+        lines += ["", "; ".join(checks) + ". Ratios of medians with 95% bootstrap intervals, paired by cycle."]
     return lines

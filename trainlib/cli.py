@@ -235,6 +235,39 @@ def bench_report(json_file: str, out_dir: str, tracking_uri: str | None, no_trac
         click.echo(f"MLflow: experiment 'throughput', parent run {report.run_id}")
 
 
+REGRESSION = 1  # bench-compare: the candidate is slower
+
+
+@cli.command("bench-compare")
+@click.argument("baseline", metavar="BASELINE.json", type=click.Path(dir_okay=False))
+@click.argument("candidate", metavar="CANDIDATE.json", type=click.Path(dir_okay=False))
+@click.option(
+    "--min-effect",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Smallest slowdown of the whole suite (geometric mean) that counts; smaller ones are not regressions.",
+)
+@click.option(
+    "--case-min-effect",
+    type=float,
+    default=0.15,
+    show_default=True,
+    help="Smallest slowdown of one case alone that counts (one case moves more between runs than the suite).",
+)
+@click.option(
+    "--alpha", type=float, default=0.05, show_default=True, help="Significance level, after Holm's correction."
+)
+def bench_compare(baseline: str, candidate: str, min_effect: float, case_min_effect: float, alpha: float) -> None:
+    """Exit 1 when the CANDIDATE bench run is slower than BASELINE (a statistical test per case and over the suite)."""
+    from trainlib.bench_gate import compare_runs, render_table
+
+    result = compare_runs(baseline, candidate, min_effect=min_effect, case_min_effect=case_min_effect, alpha=alpha)
+    click.echo(render_table(result))
+    if result.regression:
+        sys.exit(REGRESSION)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: every machine).")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)

@@ -111,8 +111,11 @@ def _log_case(client: MlflowClient, experiment_id: str, parent_id: str, row: Any
         "samples_per_second_iqr": row.samples_per_second_iqr,
         "rounds": row.rounds,
     }
-    if not math.isnan(row.speedup):
-        metrics["speedup"] = row.speedup
+    for key in ("samples_per_second_low", "samples_per_second_high", "speedup", "speedup_low", "speedup_high"):
+        if not math.isnan(getattr(row, key)):
+            metrics[key] = getattr(row, key)
+    if row.speedup_verdict:
+        params["speedup_verdict"] = row.speedup_verdict
     client.log_batch(
         run.info.run_id,
         metrics=[Metric(key, float(value), timestamp_ms, 0) for key, value in metrics.items()],
