@@ -116,7 +116,7 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "on_the_fly_samples": (2000, 400),
     "batch_size": (100, 100),
     "knob_batch_sizes": ([32, 128, 512], [128]),
-    "image_samples": (2048, 512),
+    "image_samples": (2048, 256),
     "cuda_image_samples": (20000, 10000),
     "rounds": (6, 6),
     "max_rounds": (30, 12),
@@ -151,7 +151,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Most epochs an accuracy-guard run trains before it counts as not reaching the target (the study's).",
     )
     group.addoption(
-        "--image-samples", type=positive_int, help="Shapes images per epoch of the CPU image cases (2048; quick 512)."
+        "--image-samples", type=positive_int, help="Shapes images per epoch of the CPU image cases (2048; quick 256)."
     )
     group.addoption(
         "--cuda-image-samples",

@@ -7,6 +7,10 @@ group then hands its own rounds to pytest-benchmark. The hand-over uses the plug
 ``replay_clock`` returns readings whose differences are the measured round durations, so pytest-benchmark's
 statistics, JSON and tables hold exactly the epochs timed here (each one synchronised with CUDA).
 
+Every group also times a reference (bench.support.reference_epoch: plain torch, independent of trainlib's code) in
+each cycle; its rounds go into every case's record, so make bench-compare can set a case's epochs against the
+machine's speed at that moment.
+
 Rounds adapt: after ``--rounds`` cycles the group keeps cycling until every case's median is known to within
 ``--interval-target`` (its 95% order-statistic interval, trainlib.bench_stats) or ``--group-seconds`` have passed,
 at most ``--max-rounds`` cycles.
@@ -28,13 +32,14 @@ from typing import Any
 
 import pytest
 
-from bench.support import epoch_record, synchronized_perf_counter
+from bench.support import epoch_record, reference_epoch, synchronized_perf_counter
 from trainlib.bench_stats import median_interval
 
 log = logging.getLogger(__name__)
 
 # Test-only: time every round this fraction longer (a planted regression, to measure make bench-compare's gate).
 PLANTED_SLOWDOWN_VARIABLE = "TRAINLIB_BENCH_PLANTED_SLOWDOWN"
+REFERENCE = "reference"  # the extra case of every group: bench.support.reference_epoch
 
 
 @dataclass
@@ -45,6 +50,7 @@ class Case:
     run_round: Callable[[], float]
     record: dict[str, Any]
     warmed_up: bool = False  # its builder already ran (and timed) an untimed first epoch
+    planted: bool = True  # a planted slowdown applies (not to the reference)
 
 
 @dataclass
@@ -152,7 +158,13 @@ class Interleaver:
                 )
             except (Exception, pytest.skip.Exception) as error:  # the member's own test reports it
                 self._outcomes[member.nodeid] = error
+        if not cases:  # every member skipped or failed to build
+            return
+        # The reference (plain torch, independent of trainlib) runs in every cycle: the machine's speed right then.
+        cases[REFERENCE] = Case(reference_epoch(), {}, planted=False)
         cycles = run_cycles(cases, self.rules)
+        reference_rounds = cycles.round_seconds.pop(REFERENCE)
+        del cases[REFERENCE]
         self._outcomes.update(cycles.errors)
         for nodeid, case in cases.items():
             if nodeid in self._outcomes:
@@ -161,6 +173,7 @@ class Interleaver:
                 **case.record,
                 "interleave_group": key[1],
                 "interleaved_cases": len(cases),
+                "reference_round_seconds": reference_rounds,
                 "warmup_rounds": 1 if case.warmed_up else self.rules.warmup_rounds,
                 "rounds_stopped_by": cycles.stop_reason,
             }
@@ -195,7 +208,7 @@ def run_cycles(
         try:
             started = clock()
             loss = running[name].run_round()
-            if rules.planted_slowdown:
+            if rules.planted_slowdown and running[name].planted:
                 _spin(rules.planted_slowdown * (clock() - started))
             finished = clock()
         except Exception as error:

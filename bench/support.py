@@ -163,3 +163,39 @@ class MachineLoad:
             "load_average_start": self._load_average_start,
             "load_average_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else -1.0,
         }
+
+
+REFERENCE_STEPS = 25
+
+
+def reference_epoch() -> Any:
+    """A fixed piece of plain-torch training, independent of trainlib's code, timed in every interleaved cycle.
+
+    Its rounds tell how fast the machine was at that moment: a case's epoch time over the reference's in the same
+    cycle cancels a slow patch of a shared machine, so make bench-compare can tell a slower training loop from a
+    slower machine. Small 1-D convolutions, Adam, batch 100, 25 steps on fixed random data: the same kind of work
+    as the cases (a few small kernels and Python overhead per step), on the CPU.
+    """
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(100, 1, 40, generator=generator)
+    targets = torch.randint(0, 10, (100,), generator=generator)
+    model = torch.nn.Sequential(
+        torch.nn.Conv1d(1, 32, 5, padding=2),
+        torch.nn.ReLU(),
+        torch.nn.Conv1d(32, 32, 5, padding=2),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32 * 40, 10),
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def run() -> float:
+        for _ in range(REFERENCE_STEPS):
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(inputs), targets)
+            loss.backward()
+            optimizer.step()
+        return loss.item()
+
+    return run

@@ -46,13 +46,15 @@ def judge(baseline: Path, candidate: Path, min_effect: float) -> dict:
     result = subprocess.run([*command, "--min-effect", str(min_effect)], capture_output=True, text=True, check=False)
     if result.returncode not in (0, 1):
         raise RuntimeError(f"bench-compare exited {result.returncode}: {result.stderr}")
-    suite = next(line for line in result.stdout.splitlines() if line.startswith("suite"))
+    suite = next(line for line in result.stdout.splitlines() if line.startswith("code"))
+    machine = next(line for line in result.stdout.splitlines() if line.startswith("machine"))
     slower = [line.split()[0] for line in result.stdout.splitlines() if line.rstrip().endswith(" slower")]
     return {
         "baseline": baseline.name,
         "candidate": candidate.name,
         "regression": result.returncode == 1,
         "suite": suite,
+        "machine": machine,
         "slower_cases": slower,
     }
 

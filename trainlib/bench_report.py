@@ -146,13 +146,21 @@ def _case_row(bench: dict[str, Any]) -> dict[str, Any]:
         **{key: _number(extra.get(key)) for key in KNOB_FIGURES},
         "probe_pick": str(extra.get("probe_pick", "")),
         "interleave_group": str(extra.get("interleave_group", "")),
+        "reference_round_seconds": _seconds_list(extra.get("reference_round_seconds")),
     }
+
+
+def _seconds_list(values: Any) -> list[float]:
+    """A list of positive round times, or [] where absent or not one."""
+    if not isinstance(values, list) or not all(isinstance(value, (int, float)) and value > 0 for value in values):
+        return []
+    return [float(value) for value in values]
 
 
 def _median_figures(data: Any, dataset_size: int) -> dict[str, Any]:
     """The rounds' seconds (pytest-benchmark keeps them under stats.data) and the 95% interval of samples/s."""
-    rounds = [float(value) for value in data] if isinstance(data, list) else []
-    if not rounds or not all(math.isfinite(value) and value > 0 for value in rounds):
+    rounds = _seconds_list(data)
+    if not rounds or not all(math.isfinite(value) for value in rounds):
         return {"round_seconds": [], "samples_per_second_low": math.nan, "samples_per_second_high": math.nan}
     speed = median_interval(rounds).inverse().scaled(dataset_size)
     return {"round_seconds": rounds, "samples_per_second_low": speed.low, "samples_per_second_high": speed.high}
@@ -257,7 +265,9 @@ def write_reports(
         ) from None
     report = BenchReport(markdown=out / MARKDOWN_FILE, csv=out / CSV_FILE, chart=out / CHART_FILE)
     report.markdown.write_text(render_markdown(results), encoding="utf-8")
-    results.cases.drop(columns="round_seconds").to_csv(report.csv, index=False, float_format="%.6g")
+    results.cases.drop(columns=["round_seconds", "reference_round_seconds"]).to_csv(
+        report.csv, index=False, float_format="%.6g"
+    )
     plot_throughput(results, report.chart)
     log.debug("wrote %s", ", ".join(str(path) for path in report.files))
     if uri is None:

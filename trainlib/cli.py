@@ -256,13 +256,29 @@ REGRESSION = 1  # bench-compare: the candidate is slower
     help="Smallest slowdown of one case alone that counts (one case moves more between runs than the suite).",
 )
 @click.option(
+    "--machine-min-effect",
+    type=float,
+    default=0.30,
+    show_default=True,
+    help="Smallest slowdown of the raw times (a slower or busier machine) that counts.",
+)
+@click.option(
     "--alpha", type=float, default=0.05, show_default=True, help="Significance level, after Holm's correction."
 )
-def bench_compare(baseline: str, candidate: str, min_effect: float, case_min_effect: float, alpha: float) -> None:
+def bench_compare(
+    baseline: str, candidate: str, min_effect: float, case_min_effect: float, machine_min_effect: float, alpha: float
+) -> None:
     """Exit 1 when the CANDIDATE bench run is slower than BASELINE (a statistical test per case and over the suite)."""
     from trainlib.bench_gate import compare_runs, render_table
 
-    result = compare_runs(baseline, candidate, min_effect=min_effect, case_min_effect=case_min_effect, alpha=alpha)
+    result = compare_runs(
+        baseline,
+        candidate,
+        min_effect=min_effect,
+        case_min_effect=case_min_effect,
+        machine_min_effect=machine_min_effect,
+        alpha=alpha,
+    )
     click.echo(render_table(result))
     if result.regression:
         sys.exit(REGRESSION)
