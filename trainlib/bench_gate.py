@@ -7,8 +7,9 @@ which a slower machine slows alike, and the machine by the raw times:
 
 - per case: a one-sided Mann-Whitney U test (does the candidate take longer, relative to the reference?),
   Holm-corrected over the cases, and the ratio of medians with a bootstrap interval; *slower* only when the test
-  says so at ``alpha`` **and** the ratio is at least 1 + ``case_min_effect`` (15%): one case alone moves more
-  between runs than the suite, and a difference too small to matter is not a regression, however certain;
+  says so at ``alpha`` **and** the ratio is at least 1 + ``case_min_effect`` (15%) relative to the reference and
+  in raw time alike: one case alone moves more between runs than the suite (by a drift of the machine in raw
+  time, by the reference's own noise relative to it), and a difference too small to matter is not a regression;
 - the suite: the geometric mean of the cases' relative ratios with its bootstrap interval catches a slowdown
   spread over every case (a slower training loop) from 1 + ``min_effect`` (5%) on;
 - the machine: the geometric mean of the raw ratios, from 1 + ``machine_min_effect`` (30%) on (both cores kept
@@ -128,12 +129,12 @@ def compare_runs(
         old, new, relative = judged[name]
         tested_here = name in p_slower
         ratio = ratio_interval(new, old) if tested_here else None
+        raw = ratio_interval(new_raw, old_raw) if tested_here else None
         verdict = (
-            _verdict(ratio.estimate, p_slower[name], p_faster[name], case_min_effect, alpha)
-            if ratio is not None
+            _verdict(ratio.estimate, raw.estimate, p_slower[name], p_faster[name], case_min_effect, alpha)
+            if ratio is not None and raw is not None
             else f"not tested: fewer than {MIN_ROUNDS} rounds"
         )
-        raw = ratio_interval(new_raw, old_raw) if tested_here else None
         cases.append(
             CaseComparison(
                 name,
@@ -210,10 +211,12 @@ def _holm(p_values: dict[str, float]) -> dict[str, float]:
     return adjusted
 
 
-def _verdict(ratio: float, p_slower: float, p_faster: float, min_effect: float, alpha: float) -> str:
-    if p_slower < alpha and ratio >= 1 + min_effect:
+def _verdict(ratio: float, raw: float, p_slower: float, p_faster: float, min_effect: float, alpha: float) -> str:
+    """One case's verdict: significant, and at least ``min_effect`` both relative to the reference and in raw time
+    (a slower case is slower either way; a reference round or a machine drift alone moves only one of the two)."""
+    if p_slower < alpha and min(ratio, raw) >= 1 + min_effect:
         return SLOWER
-    if p_faster < alpha and ratio <= 1 - min_effect:
+    if p_faster < alpha and max(ratio, raw) <= 1 - min_effect:
         return FASTER
     return NO_DIFFERENCE
 
@@ -261,7 +264,8 @@ def render_table(result: GateResult) -> str:
         f"code (geometric mean of the time ratios relative to the reference): {suite}: {result.suite_verdict}",
         f"machine (geometric mean of the raw time ratios): {machine}: {result.machine_verdict}",
         f"rule: a case is slower when a one-sided Mann-Whitney U test gives p < {result.alpha} after Holm's correction "
-        f"and its ratio is at least {1 + result.case_min_effect:.2f}; the code when the whole interval of its "
+        f"and its ratio is at least {1 + result.case_min_effect:.2f} relative to the reference and raw; "
+        "the code when the whole interval of its "
         f"geometric mean is above 1 and its estimate at least {1 + result.min_effect:.2f}; the machine likewise from "
         f"{1 + result.machine_min_effect:.2f}",
     ]

@@ -261,5 +261,6 @@ def parity_section(device: str, rows: pd.DataFrame) -> list[str]:
         verdict = target_verdict(ratio, PARITY_SPEEDUP_TARGET, at_least=True)
         checks.append(f"(a) is {ratio.text()} as fast as (c) (target ≥ {PARITY_SPEEDUP_TARGET:.2f}×: {verdict})")
     if checks:
-        lines += ["", "; ".join(checks) + ". Ratios of medians with 95% bootstrap intervals, paired by cycle."]
+        paired = ", paired by cycle" if (rows["interleave_group"] != "").all() else ""
+        lines += ["", "; ".join(checks) + f". Ratios of medians with 95% bootstrap intervals{paired}."]
     return lines
