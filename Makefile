@@ -88,7 +88,8 @@ bench: setup
 	$(BIN)/trainlib bench-report $$json --out-dir $(if $(BENCH_STUDY),$$out,$(BENCH_REPORTS))
 
 # The reduced grid (workers 0 and 2 and auto, each speed knob once, the guard in fp32 eager and compiled, small
-# datasets, 2 rounds): 2-3 minutes on a 2-core CPU once torch.compile's cache is warm; JSON and reports in QUICK_OUT.
+# datasets, 6 to 12 interleaved rounds a case): a few minutes on a 2-core CPU once torch.compile's cache is warm;
+# JSON and reports in QUICK_OUT.
 bench-quick: setup
 	mkdir -p $(QUICK_OUT)
 	$(BIN)/python -m pytest bench --quick --benchmark-json=$(QUICK_OUT)/bench.json $(BENCH_STUDY) $(BENCH_ARGS)

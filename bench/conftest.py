@@ -130,7 +130,7 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
 def pytest_addoption(parser: pytest.Parser) -> None:
     """The grid's knobs; an option given explicitly wins over the --quick preset."""
     group = parser.getgroup("trainlib bench")
-    group.addoption("--quick", action="store_true", help="The reduced grid of make bench-quick (2-3 minutes).")
+    group.addoption("--quick", action="store_true", help="The reduced grid of make bench-quick (a few minutes).")
     group.addoption("--workers", type=worker_counts, help="DataLoader worker counts, e.g. '0 1 2 4' (quick: '0 2').")
     group.addoption(
         "--in-memory-samples",
