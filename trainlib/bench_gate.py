@@ -103,21 +103,7 @@ def compare_runs(
     if not 0 < alpha < 1:
         raise InvalidArgument(f"--alpha {alpha!r}: expected a probability in (0, 1), such as 0.05")
     before, after = _timed_cases(baseline), _timed_cases(candidate)
-    shared = [name for name in after.index if name in before.index]
-    if not shared:
-        raise InvalidArgument(
-            f"{baseline} and {candidate} share no bench case: compare two runs of the same grid "
-            "(a --quick candidate needs a --quick baseline)"
-        )
-    for name in shared:
-        for key in COMPARABLE_KEYS:
-            old, new = before.at[name, key], after.at[name, key]
-            if old != new:
-                raise InvalidArgument(
-                    f"case {name!r} has {key} {str(old)!r} in the baseline but {str(new)!r} in "
-                    "the candidate: compare runs of the same grid (a --quick candidate needs a --quick baseline, "
-                    "e.g. BASELINE=.cache/bench-quick/bench.json)"
-                )
+    shared = _shared_cases(before, after, baseline, candidate)
     judged = {name: _judged_rounds(before.loc[name], after.loc[name]) for name in shared}
     tests = {name: _rank_tests(*judged[name][:2]) for name in shared}
     tested = [name for name in shared if tests[name] is not None]
@@ -127,27 +113,14 @@ def compare_runs(
     for name in shared:
         old_raw, new_raw = before.at[name, "round_seconds"], after.at[name, "round_seconds"]
         old, new, relative = judged[name]
-        tested_here = name in p_slower
-        ratio = ratio_interval(new, old) if tested_here else None
-        raw = ratio_interval(new_raw, old_raw) if tested_here else None
-        verdict = (
-            _verdict(ratio.estimate, raw.estimate, p_slower[name], p_faster[name], case_min_effect, alpha)
-            if ratio is not None and raw is not None
-            else f"not tested: fewer than {MIN_ROUNDS} rounds"
-        )
-        cases.append(
-            CaseComparison(
-                name,
-                float(np.median(old_raw)),
-                float(np.median(new_raw)),
-                raw,
-                ratio,
-                relative,
-                p_slower.get(name, math.nan),
-                p_faster.get(name, math.nan),
-                verdict,
-            )
-        )
+        ratio = raw = None
+        verdict = f"not tested: fewer than {MIN_ROUNDS} rounds"
+        if name in p_slower:
+            ratio, raw = ratio_interval(new, old), ratio_interval(new_raw, old_raw)
+            verdict = _verdict(ratio.estimate, raw.estimate, p_slower[name], p_faster[name], case_min_effect, alpha)
+        medians = float(np.median(old_raw)), float(np.median(new_raw))
+        p_values = p_slower.get(name, math.nan), p_faster.get(name, math.nan)
+        cases.append(CaseComparison(name, *medians, raw, ratio, relative, *p_values, verdict))
     suite = _geometric_mean_ratio([judged[name][:2] for name in tested])
     machine = _geometric_mean_ratio(
         [(before.at[name, "round_seconds"], after.at[name, "round_seconds"]) for name in tested]
@@ -165,6 +138,26 @@ def compare_runs(
         machine_min_effect,
         alpha,
     )
+
+
+def _shared_cases(before: pd.DataFrame, after: pd.DataFrame, baseline: str | Path, candidate: str | Path) -> list[str]:
+    """The cases both runs timed; InvalidArgument when there are none or they are not runs of the same grid."""
+    shared = [name for name in after.index if name in before.index]
+    if not shared:
+        raise InvalidArgument(
+            f"{baseline} and {candidate} share no bench case: compare two runs of the same grid "
+            "(a --quick candidate needs a --quick baseline)"
+        )
+    for name in shared:
+        for key in COMPARABLE_KEYS:
+            old, new = before.at[name, key], after.at[name, key]
+            if old != new:
+                raise InvalidArgument(
+                    f"case {name!r} has {key} {str(old)!r} in the baseline but {str(new)!r} in "
+                    "the candidate: compare runs of the same grid (a --quick candidate needs a --quick baseline, "
+                    "e.g. BASELINE=.cache/bench-quick/bench.json)"
+                )
+    return shared
 
 
 def _judged_rounds(before: pd.Series, after: pd.Series) -> tuple[list[float], list[float], bool]:
