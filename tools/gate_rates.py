@@ -48,7 +48,9 @@ def judge(baseline: Path, candidate: Path, min_effect: float) -> dict:
         raise RuntimeError(f"bench-compare exited {result.returncode}: {result.stderr}")
     suite = next(line for line in result.stdout.splitlines() if line.startswith("code"))
     machine = next(line for line in result.stdout.splitlines() if line.startswith("machine"))
-    slower = [line.split()[0] for line in result.stdout.splitlines() if line.rstrip().endswith(" slower")]
+    slower = [
+        line.split()[0] for line in result.stdout.splitlines() if line.startswith("test_") and line.endswith(" slower")
+    ]
     return {
         "baseline": baseline.name,
         "candidate": candidate.name,
