@@ -220,3 +220,22 @@ def test_bench_report_out_dir_naming_a_file_is_one_line(quick_bench, tmp_path, c
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "--out-dir" in error
     assert a_file.read_text() == "not a folder"
+
+
+def test_a_one_round_case_whose_interval_rounds_past_its_median_still_gets_a_chart(tmp_path):
+    # 2000 / 0.1137 and (1 / 0.1137) * 2000 differ in the last bit: the error bar must not come out negative.
+    seconds = 0.11370000000000001
+    case = {
+        "name": "test_epoch_throughput[cpu-in_memory-torch_loader-0_workers]",
+        "group": "in_memory",
+        "extra_info": {"workload": "in_memory", "device": "cpu", "loader": "torch", "num_workers": 0},
+        "stats": {"median": seconds, "min": seconds, "q1": seconds, "q3": seconds, "rounds": 1, "data": [seconds]},
+    }
+    case["extra_info"] |= {"batch_size": 100, "dataset_size": 2000}
+    path = tmp_path / "one_round.json"
+    path.write_text(json.dumps({"benchmarks": [case], "machine_info": {}, "commit_info": {}}))
+
+    report = write_reports(path, tmp_path / "report", track=False)
+
+    assert report.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "**Few rounds:** 1 case(s)" in report.markdown.read_text()

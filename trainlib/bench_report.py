@@ -341,7 +341,11 @@ def plot_throughput(results: BenchResults, path: Path) -> None:
             axis.errorbar(
                 line["num_workers"],
                 line["samples_per_second"],
-                yerr=[line["samples_per_second"] - slow, fast - line["samples_per_second"]],
+                # clipped at 0: with one round the interval is the median itself, up to rounding
+                yerr=[
+                    (line["samples_per_second"] - slow).clip(lower=0),
+                    (fast - line["samples_per_second"]).clip(lower=0),
+                ],
                 marker="o",
                 capsize=3,
                 label=label,
