@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,6 +127,8 @@ class Interleaver:
 
     def __init__(self, rules: RoundRules) -> None:
         self.rules = rules
+        # Names this process's groups: a group of the same name timed by another pytest run is another group.
+        self.session = uuid.uuid4().hex[:12]
         self._outcomes: dict[str, MeasuredCase | BaseException] = {}
 
     def time_case(self, request: pytest.FixtureRequest, benchmark: Any, group: str | None = None) -> MeasuredCase:
@@ -172,6 +175,7 @@ class Interleaver:
             record = {
                 **case.record,
                 "interleave_group": key[1],
+                "interleave_session": self.session,
                 "interleaved_cases": len(cases),
                 "reference_round_seconds": reference_rounds,
                 "warmup_rounds": 1 if case.warmed_up else self.rules.warmup_rounds,

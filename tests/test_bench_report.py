@@ -10,7 +10,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from trainlib.bench_report import EXPERIMENT_NAME, write_reports
+from trainlib.bench_report import EXPERIMENT_NAME, load_results, write_reports
+from trainlib.bench_sections import case_speed_ratio
+from trainlib.bench_stats import speed_ratio
 from trainlib.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,3 +241,30 @@ def test_a_one_round_case_whose_interval_rounds_past_its_median_still_gets_a_cha
 
     assert report.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "**Few rounds:** 1 case(s)" in report.markdown.read_text()
+
+
+def test_cases_of_groups_with_one_name_from_two_pytest_runs_are_compared_unpaired(tmp_path: Path) -> None:
+    # make bench-device times its parts in separate pytest runs: a group name repeats, the rounds were not in turn.
+    base_rounds, same_run_rounds, other_run_rounds = [1.0, 1.1, 0.9, 1.2], [0.5, 0.6, 0.4, 0.7], [0.5, 0.4, 0.7, 0.6]
+    document = {"machine_info": {}, "commit_info": {}, "benchmarks": []}
+    for name, rounds, session in (
+        ("base", base_rounds, "a"),
+        ("same", same_run_rounds, "a"),
+        ("other", other_run_rounds, "b"),
+    ):
+        extra = {"workload": "in_memory", "device": "cpu", "loader": "torch", "num_workers": 0, "batch_size": 100}
+        extra |= {"dataset_size": 1000, "interleave_group": "in_memory-batch_100", "interleave_session": session}
+        stats = {"median": sorted(rounds)[1], "min": min(rounds), "q1": min(rounds), "q3": max(rounds)}
+        stats |= {"rounds": len(rounds), "data": rounds}
+        document["benchmarks"].append({"name": name, "group": "in_memory", "extra_info": extra, "stats": stats})
+    path = tmp_path / "two-runs.json"
+    path.write_text(json.dumps(document))
+
+    rows = {row.name: row for row in load_results(path).cases.itertuples()}
+
+    assert rows["same"].interleave_group == rows["base"].interleave_group != rows["other"].interleave_group
+    paired = speed_ratio(same_run_rounds, 1000, base_rounds, 1000, paired=True)
+    unpaired = speed_ratio(other_run_rounds, 1000, base_rounds, 1000, paired=False)
+    assert paired != speed_ratio(same_run_rounds, 1000, base_rounds, 1000, paired=False)  # the choice shows
+    assert case_speed_ratio(rows["same"], rows["base"]) == paired
+    assert case_speed_ratio(rows["other"], rows["base"]) == unpaired

@@ -2,12 +2,21 @@
 
 The machine needs torch (a CUDA build), numpy, pytest and pytest-benchmark; MLflow, Optuna and pandas are not used.
 Missing packages (mnist1d) are installed from wheels carried in .whl/ (`make device-wheels` downloads them here)
-into a folder on PYTHONPATH; trainlib itself runs from this checkout. Three parts run one after another, each
-within what is left of the time cap, so that a slow part still leaves the others' figures:
+into a folder on PYTHONPATH; trainlib itself runs from this checkout. The grid runs as parts, one pytest run each,
+cheapest first, so that what costs most (torch.compile's compilation) cannot starve the rest:
 
-  1. speed knobs: every CUDA knob case, and fp32 eager on this machine's CPU per batch size (CUDA/CPU speed-up);
-  2. the accuracy guard on CUDA, and fp32 eager on the CPU;
-  3. the worker and memory grid on CUDA, and its CPU baseline case.
+  1. sizes: fp32 eager at batch sizes 32 and 512, CUDA and this machine's CPU (CUDA/CPU speed-up per batch size);
+  2. knobs, eager: every eager CUDA knob setting at batch size 128, and fp32 eager on the CPU;
+  3. workers: the worker and memory grid on CUDA, and its CPU baseline case;
+  4. guard, eager: time to the target accuracy of each eager CUDA knob setting, and of fp32 eager on the CPU;
+  5. knobs, compiled: every compiled CUDA knob setting at batch size 128;
+  6. guard, compiled: time to target of each compiled CUDA knob setting.
+
+Each part gets its share (PARTS' weights) of what is left of the time cap, time a part leaves unused passes to
+the next ones. A part still running at the end of its share is interrupted like a Ctrl-C: pytest-benchmark still
+writes the cases that finished (a group of interleaved cases finishes together or not at all), and the rest are
+listed as not measured. Cases of different parts were not interleaved with each other, so the report compares
+them unpaired.
 
 The merged JSON goes to bench/results/device-<UTC time>.json (or --out); `trainlib bench-report FILE` on any
 machine with trainlib installed turns it into the report. Standard library only: it must run before anything is
@@ -20,6 +29,7 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,10 +41,16 @@ CARRIED_PACKAGES = ("mnist1d",)  # what a bare GPU machine lacks; each must have
 TIME_CAP_SECONDS = 8 * 60
 # Interleaved groups stop adapting after 20 s (at least --rounds cycles still run): the parts fit the time cap.
 ROUND_DEFAULTS = ["--group-seconds", "20", "--max-rounds", "15"]
-PARTS = (
-    ("knobs", ["bench/test_speed_knobs.py", "-k", "cuda or (cpu and fp32-eager and not channels_last)"]),
-    ("guard", ["bench/test_accuracy_guard.py", "-k", "cuda or cpu-fp32-eager"]),
-    ("workers", ["bench/test_throughput.py", "-k", "cuda or cpu-in_memory-torch_loader-0_workers"]),
+CPU_BASELINE = "cpu and fp32-eager and not channels_last"
+GRACE_SECONDS = 60  # after the interrupt, for pytest to write the finished cases' JSON
+# (name, weight: its share of the time left, pytest selection)
+PARTS: tuple[tuple[str, float, list[str]], ...] = (
+    ("sizes", 1.0, ["bench/test_speed_knobs.py", "-k", "fp32-eager and not channels_last and not batch_128"]),
+    ("knobs-eager", 1.0, ["bench/test_speed_knobs.py", "-k", f"batch_128 and (cuda and eager or {CPU_BASELINE})"]),
+    ("workers", 1.5, ["bench/test_throughput.py", "-k", "cuda or cpu-in_memory-torch_loader-0_workers"]),
+    ("guard-eager", 1.0, ["bench/test_accuracy_guard.py", "-k", "cuda and eager or cpu-fp32-eager"]),
+    ("knobs-compiled", 3.0, ["bench/test_speed_knobs.py", "-k", "cuda and batch_128 and compiled"]),
+    ("guard-compiled", 1.5, ["bench/test_accuracy_guard.py", "-k", "cuda and compiled"]),
 )
 
 
@@ -57,7 +73,7 @@ def install_missing(site: Path) -> dict[str, str]:
 
 
 def run_part(name: str, selection: list[str], extra: list[str], json_path: Path, seconds: float, env: dict) -> str:
-    """One pytest run of the bench writing ``json_path``; its outcome in words."""
+    """One pytest run of the bench writing ``json_path``, interrupted after ``seconds``; its outcome in words."""
     command = [
         sys.executable,
         "-m",
@@ -71,13 +87,22 @@ def run_part(name: str, selection: list[str], extra: list[str], json_path: Path,
         *extra,
     ]
     print(f"bench-device: part {name}, at most {seconds:.0f} s: {' '.join(command[3:])}", flush=True)
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
     try:
-        completed = subprocess.run(command, cwd=ROOT, env=env, timeout=seconds, check=False)
+        returncode = process.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
-        return f"{name}: stopped at the time cap, its figures lost"
+        process.send_signal(signal.SIGINT)  # pytest stops like at a Ctrl-C and still writes the finished cases
+        try:
+            process.wait(timeout=GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return f"{name}: killed at the time cap, its figures lost"
+        kept = len(json.loads(json_path.read_text()).get("benchmarks", [])) if json_path.exists() else 0
+        return f"{name}: interrupted at its share of the time cap, {kept} finished case(s) kept"
     if not json_path.exists():
-        return f"{name}: pytest exited {completed.returncode} without results"
-    return f"{name}: pytest exited {completed.returncode}"
+        return f"{name}: pytest exited {returncode} without results"
+    return f"{name}: pytest exited {returncode}"
 
 
 def merge(parts: list[Path], out: Path) -> int:
@@ -103,15 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"trainlib-bench-device-{stamp}-{os.getpid()}"
     scratch.mkdir(parents=True, exist_ok=True)
     environment = install_missing(scratch / "site")
-    deadline = time.monotonic() + args.time_cap
+    deadline = time.monotonic() + args.time_cap - GRACE_SECONDS  # an interrupted part still ends within the cap
     outcomes, files = [], []
-    for name, selection in PARTS:
+    for index, (name, _, selection) in enumerate(PARTS):
         left = deadline - time.monotonic()
-        if left < 10:
+        if left < 1:
             outcomes.append(f"{name}: not started, the time cap was spent")
             continue
+        share = left * PARTS[index][1] / sum(weight for _, weight, _ in PARTS[index:])
         files.append(scratch / f"{name}.json")
-        outcomes.append(run_part(name, selection, args.pytest_args, files[-1], left, environment))
+        outcomes.append(run_part(name, selection, args.pytest_args, files[-1], share, environment))
     cases = merge(files, out)
     print("bench-device: " + "; ".join(outcomes))
     if not cases:

@@ -145,9 +145,16 @@ def _case_row(bench: dict[str, Any]) -> dict[str, Any]:
         "channels_last": bool(extra.get("channels_last", False)),
         **{key: _number(extra.get(key)) for key in KNOB_FIGURES},
         "probe_pick": str(extra.get("probe_pick", "")),
-        "interleave_group": str(extra.get("interleave_group", "")),
+        "interleave_group": _interleave_group(extra),
         "reference_round_seconds": _seconds_list(extra.get("reference_round_seconds")),
     }
+
+
+def _interleave_group(extra: dict[str, Any]) -> str:
+    """The interleaved group a case was timed in, unique to its pytest run ("" when not interleaved): cases of
+    groups with one name from two runs (make bench-device's parts) were not timed in turn, so are not paired."""
+    group, session = str(extra.get("interleave_group", "")), str(extra.get("interleave_session", ""))
+    return f"{group}@{session}" if group and session else group
 
 
 def _seconds_list(values: Any) -> list[float]:
