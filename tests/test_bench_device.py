@@ -36,7 +36,7 @@ def test_bench_device_runs_every_part_and_writes_one_json_the_report_reads(tmp_p
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     for part in ("sizes", "knobs-eager", "workers", "guard-eager"):
         assert f"{part}: pytest exited 0;" in result.stdout, result.stdout[-3000:]
-    for part in ("knobs-compiled", "guard-compiled"):  # CUDA-only parts: every case skipped here
+    for part in ("compiled-mnist1d", "compiled-images", "guard-compiled"):  # CUDA-only parts: every case skipped here
         assert f"{part}: pytest exited 0 without results" in result.stdout, result.stdout[-3000:]
     names = {bench["name"] for bench in json.loads(out.read_text())["benchmarks"]}
     assert names == {
@@ -67,7 +67,15 @@ def test_bench_device_starts_no_part_once_its_time_cap_is_spent(tmp_path: Path) 
     )
 
     assert result.returncode == 1, result.stdout[-3000:]
-    for part in ("sizes", "knobs-eager", "workers", "guard-eager", "knobs-compiled", "guard-compiled"):
+    for part in (
+        "sizes",
+        "knobs-eager",
+        "workers",
+        "guard-eager",
+        "compiled-mnist1d",
+        "compiled-images",
+        "guard-compiled",
+    ):
         assert f"{part}: not started, the time cap was spent" in result.stdout
     assert "no results" in result.stderr and not out.exists()
 

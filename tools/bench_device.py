@@ -9,8 +9,9 @@ cheapest first, so that what costs most (torch.compile's compilation) cannot sta
   2. knobs, eager: every eager CUDA knob setting at batch size 128, and fp32 eager on the CPU;
   3. workers: the worker and memory grid on CUDA, and its CPU baseline case;
   4. guard, eager: time to the target accuracy of each eager CUDA knob setting, and of fp32 eager on the CPU;
-  5. knobs, compiled: every compiled CUDA knob setting at batch size 128;
-  6. guard, compiled: time to target of each compiled CUDA knob setting.
+  5. compiled, mnist1d: every compiled CUDA knob setting of the 1-D CNN at batch size 128;
+  6. compiled, images: every compiled CUDA knob setting of ResNet-8 at batch size 128;
+  7. guard, compiled: time to target of each compiled CUDA knob setting.
 
 Each part gets its share (PARTS' weights) of what is left of the time cap, time a part leaves unused passes to
 the next ones. A part still running at the end of its share is interrupted like a Ctrl-C: pytest-benchmark still
@@ -42,15 +43,16 @@ TIME_CAP_SECONDS = 8 * 60
 # Interleaved groups stop adapting after 20 s (at least --rounds cycles still run): the parts fit the time cap.
 ROUND_DEFAULTS = ["--group-seconds", "20", "--max-rounds", "15"]
 CPU_BASELINE = "cpu and fp32-eager and not channels_last"
-GRACE_SECONDS = 60  # after the interrupt, for pytest to write the finished cases' JSON
-# (name, weight: its share of the time left, pytest selection)
+GRACE_SECONDS = 30  # after the interrupt, for pytest to write the finished cases' JSON
+# (name, weight: its share of the time left, roughly its expected cost; pytest selection)
 PARTS: tuple[tuple[str, float, list[str]], ...] = (
     ("sizes", 1.0, ["bench/test_speed_knobs.py", "-k", "fp32-eager and not channels_last and not batch_128"]),
     ("knobs-eager", 1.0, ["bench/test_speed_knobs.py", "-k", f"batch_128 and (cuda and eager or {CPU_BASELINE})"]),
     ("workers", 1.5, ["bench/test_throughput.py", "-k", "cuda or cpu-in_memory-torch_loader-0_workers"]),
-    ("guard-eager", 1.0, ["bench/test_accuracy_guard.py", "-k", "cuda and eager or cpu-fp32-eager"]),
-    ("knobs-compiled", 3.0, ["bench/test_speed_knobs.py", "-k", "cuda and batch_128 and compiled"]),
-    ("guard-compiled", 1.5, ["bench/test_accuracy_guard.py", "-k", "cuda and compiled"]),
+    ("guard-eager", 0.5, ["bench/test_accuracy_guard.py", "-k", "cuda and eager or cpu-fp32-eager"]),
+    ("compiled-mnist1d", 1.2, ["bench/test_speed_knobs.py", "-k", "cuda and mnist1d and batch_128 and compiled"]),
+    ("compiled-images", 2.5, ["bench/test_speed_knobs.py", "-k", "cuda and images and batch_128 and compiled"]),
+    ("guard-compiled", 1.2, ["bench/test_accuracy_guard.py", "-k", "cuda and compiled"]),
 )
 
 
