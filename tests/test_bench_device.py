@@ -93,7 +93,7 @@ def test_blocks(benchmark):
 
 PART_OPTIONS = """
 def pytest_addoption(parser):
-    for name in ("--group-seconds", "--max-rounds"):
+    for name in {names!r}:
         parser.addoption(name)
 """
 
@@ -105,7 +105,8 @@ def test_a_part_past_its_share_is_interrupted_and_keeps_its_finished_cases(tmp_p
     started = tmp_path / "second-test-started"
     part = tmp_path / "part"
     part.mkdir()
-    (part / "conftest.py").write_text(PART_OPTIONS)
+    options = [argument for argument in bench_device.GRID_DEFAULTS if argument.startswith("--")]
+    (part / "conftest.py").write_text(PART_OPTIONS.format(names=options))  # the bench options every part gets
     (part / "test_part.py").write_text(BLOCKED_PART.format(started=str(started)))
     json_path = tmp_path / "part.json"
 
