@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from bench.interleave import Interleaver, RoundRules
+from bench.interleave import Interleaver, RoundRules, order_by_group
 from bench.support import MachineLoad, torch_environment
 from trainlib.data import DatasetSplits, OnTheFlyMNIST1D, mnist1d_arrays
 from trainlib.errors import InvalidArgument
@@ -209,7 +209,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With --config only the throughput grid runs: parity, knobs and the accuracy guard use the built-in workloads."""
+    """Members of an interleaved group run one after another; with --config only the throughput grid runs
+    (parity, knobs and the accuracy guard use the built-in workloads)."""
+    order_by_group(items)
     if config.study_workload is None:  # type: ignore[attr-defined]
         return
     others = [item for item in items if item.path.name != "test_throughput.py"]

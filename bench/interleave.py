@@ -255,6 +255,23 @@ def _spin(seconds: float) -> None:
         pass
 
 
+def order_by_group(items: list[pytest.Item]) -> None:
+    """Reorder ``items`` in place so that the members of a group run one after another, at the place of the
+    group's first member: a group is timed as a whole on its first test, and a run interrupted later (make
+    bench-device stops a part at its time share) keeps every member whose group finished."""
+    first_place: dict[Any, int] = {}
+    for place, item in enumerate(items):
+        key = _group_key(item)
+        first_place.setdefault(key if key is not None else ("item", place), place)
+    places = {id(item): place for place, item in enumerate(items)}
+
+    def order(item: pytest.Item) -> tuple[int, int]:
+        key = _group_key(item)
+        return first_place[key if key is not None else ("item", places[id(item)])], places[id(item)]
+
+    items.sort(key=order)
+
+
 def _group_key(item: pytest.Item) -> tuple[str, str] | None:
     module = getattr(item, "module", None)
     callspec = getattr(item, "callspec", None)

@@ -106,16 +106,29 @@ def run_part(name: str, selection: list[str], extra: list[str], json_path: Path,
             process.kill()
             process.wait()
             return f"{name}: killed at the time cap, its figures lost"
-        kept = len(json.loads(json_path.read_text()).get("benchmarks", [])) if json_path.exists() else 0
+        kept = len(_cases_in(json_path))
         return f"{name}: interrupted at its share of the time cap, {kept} finished case(s) kept"
     if not json_path.exists():
         return f"{name}: pytest exited {returncode} without results"
     return f"{name}: pytest exited {returncode}"
 
 
+def _document(path: Path) -> dict | None:
+    """A part's pytest-benchmark document; None where absent or cut short (interrupted while being written)."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _cases_in(path: Path) -> list:
+    return (_document(path) or {}).get("benchmarks", [])
+
+
 def merge(parts: list[Path], out: Path) -> int:
     """One pytest-benchmark document holding every part's cases (machine and commit info of the first)."""
-    documents = [json.loads(path.read_text()) for path in parts if path.exists()]
+    documents = [document for document in map(_document, parts) if document is not None]
     if not documents:
         return 0
     merged = dict(documents[0])
