@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from bench.interleave import Case, ReplayClock, RoundRules, run_cycles
+from bench.interleave import Case, ReplayClock, RoundRules, order_by_group, run_cycles
 
 
 class FakeClock:
@@ -132,3 +133,19 @@ def test_the_replay_clock_hands_pytest_benchmark_exactly_the_measured_rounds():
     assert [end - start for start, end in zip(readings[::2], readings[1::2], strict=True)] == [0.5, 0.25, 2.0]
     with pytest.raises(RuntimeError, match="read more often than rounds were loaded"):
         clock()
+
+
+def test_members_of_a_group_run_one_after_another_at_the_place_of_its_first_member() -> None:
+    # Parametrized as pytest collects them: device outermost, so a group's members lie apart.
+    module = SimpleNamespace(__name__="bench.test_fake", interleave_group=lambda batch, **_: f"batch_{batch}")
+    items = [
+        SimpleNamespace(name=f"{device}-{batch}", module=module, callspec=SimpleNamespace(params={"batch": batch}))
+        for device in ("cpu", "cuda")
+        for batch in (32, 512)
+    ]
+    ungrouped = SimpleNamespace(name="plain", module=None, callspec=None)
+    items.insert(1, ungrouped)
+
+    order_by_group(items)
+
+    assert [item.name for item in items] == ["cpu-32", "cuda-32", "plain", "cpu-512", "cuda-512"]
