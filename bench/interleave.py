@@ -64,8 +64,14 @@ class MeasuredCase:
 
     def hand_over(self, benchmark: Any) -> None:
         """Give the rounds to pytest-benchmark (its statistics and JSON)."""
-        replay_clock.load(self.round_seconds)
-        benchmark.pedantic(lambda: self.last_loss, rounds=len(self.round_seconds), warmup_rounds=0, iterations=1)
+        hand_over_rounds(benchmark, self.round_seconds, self.last_loss)
+
+
+def hand_over_rounds(benchmark: Any, round_seconds: list[float], result: Any = None) -> None:
+    """Give rounds timed elsewhere to pytest-benchmark, which records them as if it had timed them: the test
+    is marked ``pytest.mark.benchmark(timer=replay_clock)``; ``result`` is what the benchmark returns."""
+    replay_clock.load(round_seconds)
+    benchmark.pedantic(lambda: result, rounds=len(round_seconds), warmup_rounds=0, iterations=1)
 
 
 class ReplayClock:
@@ -259,17 +265,12 @@ def order_by_group(items: list[pytest.Item]) -> None:
     """Reorder ``items`` in place so that the members of a group run one after another, at the place of the
     group's first member: a group is timed as a whole on its first test, and a run interrupted later (make
     bench-device stops a part at its time share) keeps every member whose group finished."""
-    first_place: dict[Any, int] = {}
-    for place, item in enumerate(items):
-        key = _group_key(item)
-        first_place.setdefault(key if key is not None else ("item", place), place)
-    places = {id(item): place for place, item in enumerate(items)}
-
-    def order(item: pytest.Item) -> tuple[int, int]:
-        key = _group_key(item)
-        return first_place[key if key is not None else ("item", places[id(item)])], places[id(item)]
-
-    items.sort(key=order)
+    keys = [_group_key(item) or ("ungrouped item", place) for place, item in enumerate(items)]
+    first_place: dict[tuple[str, Any], int] = {}
+    for place, key in enumerate(keys):
+        first_place.setdefault(key, place)
+    sort_keys = {id(item): (first_place[keys[place]], place) for place, item in enumerate(items)}
+    items.sort(key=lambda item: sort_keys[id(item)])
 
 
 def _group_key(item: pytest.Item) -> tuple[str, str] | None:

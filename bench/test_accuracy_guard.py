@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from bench.interleave import MeasuredCase, replay_clock
+from bench.interleave import hand_over_rounds, replay_clock
 from bench.support import hardware_name, synchronized_perf_counter
 from trainlib.data import make_loader, mnist1d_arrays
 from trainlib.engine import EpochResult, train_model
@@ -139,7 +139,7 @@ def test_time_to_target(
     started = synchronized_perf_counter()
     train_to_target()
     benchmark.group = "guard"
-    MeasuredCase([synchronized_perf_counter() - started], 0.0).hand_over(benchmark)
+    hand_over_rounds(benchmark, [synchronized_perf_counter() - started])
     benchmark.extra_info.update(
         {
             "workload": "guard",
