@@ -75,6 +75,29 @@ def test_the_probe_measures_each_candidate_and_picks_workers_for_waiting_samples
     assert result.settings == LoaderSettings(2, 2, True), result.samples_per_second
 
 
+class ColdStartStep:
+    """A training step slow on its first calls (kernels, caches and clocks warming up, as on a GPU), then 1 ms."""
+
+    def __init__(self, cold_calls: int) -> None:
+        self.calls, self.cold_calls = 0, cold_calls
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.calls += 1
+        time.sleep(0.02 if self.calls <= self.cold_calls else 0.001)
+
+
+def test_a_step_that_starts_cold_does_not_cost_the_first_candidate_the_pick() -> None:
+    # In-memory data: no workers is at least as fast as one (a worker only adds a hop between processes), but
+    # no workers is probed first. Its 20 slow first steps (0.4 s) fall in the untimed warm-up; the rounds then
+    # alternate, so neither candidate is always timed first.
+    data = TensorDataset(torch.randn(4000, 4), torch.randint(0, 2, (4000,)))
+    options = [LoaderSettings(0), LoaderSettings(1, 2, True)]
+
+    result = probe_loader_settings(data, 8, CPU, ColdStartStep(cold_calls=20), options, seconds_per_candidate=0.9)
+
+    assert result.settings == LoaderSettings(0), result.samples_per_second
+
+
 def test_the_pick_is_cached_per_machine_workload_and_batch_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

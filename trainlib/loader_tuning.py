@@ -1,9 +1,12 @@
 """num_workers = "auto": a short measured probe picks the DataLoader settings for this machine and workload.
 
 Each candidate (worker count, prefetch factor, pinned memory where a GPU is fed) loads batches of the actual
-dataset and runs the caller's training step on them for about a second after a warm-up; the fastest wins, and
-among settings within TIE_TOLERANCE of it the one with the fewest workers (they cost memory and cores). The pick
-is cached per machine, workload, batch size and device in cache_dir()/loader-settings.json, so a sweep probes once.
+dataset and runs the caller's training step on them. The step first runs WARMUP_SECONDS untimed (kernels, caches,
+allocator and clocks warm up, as they would otherwise in the first candidate's timing); then every candidate is
+timed in PROBE_ROUNDS short rounds, interleaved in alternating order (ABC, CBA, ABC), and its median rate counts,
+so a slow patch of the machine or a drift does not pick for us. The fastest wins, and among settings within
+TIE_TOLERANCE of it the one with the fewest workers (they cost memory and cores). The pick is cached per
+machine, workload, batch size and device in cache_dir()/loader-settings.json, so a sweep probes once.
 torch leaves this to the user (pytorch#23048); Lightning declined to automate it (#2196, #14961).
 """
 
@@ -14,6 +17,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -25,8 +29,10 @@ from torch.utils.data import Dataset
 from trainlib.data import cache_dir, make_loader
 
 TIE_TOLERANCE = 0.02  # settings within 2% of the fastest count as ties; the fewest workers wins
-PROBE_SECONDS = 1.0  # timed seconds per candidate, after WARMUP_BATCHES
-WARMUP_BATCHES = 2
+PROBE_SECONDS = 1.5  # timed seconds per candidate, in PROBE_ROUNDS rounds each after its WARMUP_BATCHES
+PROBE_ROUNDS = 3
+WARMUP_BATCHES = 2  # untimed batches of each round (a new loader's workers start up)
+WARMUP_SECONDS = 0.5  # untimed steps before the first round
 CACHE_FILE = "loader-settings.json"
 
 Step = Callable[[torch.Tensor, torch.Tensor], Any]  # one training step on a batch (inputs, targets)
@@ -83,12 +89,17 @@ def probe_loader_settings(
     options: Iterable[LoaderSettings] | None = None,
     seconds_per_candidate: float = PROBE_SECONDS,
 ) -> ProbeResult:
-    """Time ``step`` over batches from each candidate loader; the fastest (fewest workers among ties) wins."""
+    """Time ``step`` over batches from each candidate loader in interleaved rounds; the fastest median rate
+    (fewest workers among ties) wins."""
     started = time.perf_counter()
     options = list(options) if options is not None else candidates(usable_cores(), device.type == "cuda")
-    rates: dict[str, float] = {}
-    for settings in options:
-        rates[label_of(settings)] = _measure(dataset, batch_size, device, step, settings, seconds_per_candidate)
+    _measure(dataset, batch_size, device, step, options[0], WARMUP_SECONDS)  # untimed: warms the step up
+    round_rates: dict[str, list[float]] = {label_of(settings): [] for settings in options}
+    for round_index in range(PROBE_ROUNDS):
+        for settings in options if round_index % 2 == 0 else reversed(options):
+            rate = _measure(dataset, batch_size, device, step, settings, seconds_per_candidate / PROBE_ROUNDS)
+            round_rates[label_of(settings)].append(rate)
+    rates = {label: statistics.median(measured) for label, measured in round_rates.items()}
     return ProbeResult(pick_fastest(options, rates), rates, time.perf_counter() - started)
 
 
